@@ -80,6 +80,12 @@ KEY_COMPONENT_FIELDS: list[tuple[str, pa.DataType]] = [
     ("teacher_hash", pa.string()),  # hash of the teacher identity
 ]
 
+# --- a unit the plan decided to generate, carried on its image row until the fan-out -----------
+PLANNED_UNIT_TYPE = pa.struct([("gen_key", pa.string()), ("task", pa.string()), *KEY_COMPONENT_FIELDS])
+
+# The stream's input: one row per image with at least one unit to generate.
+IMAGE_WORK_SCHEMA = pa.schema([*IMAGE_SCHEMA, ("units", pa.list_(PLANNED_UNIT_TYPE))])
+
 # --- one work unit: (image x task), made by the fan-out stage ----------------------------------
 UNIT_FIELDS: list[tuple[str, pa.DataType]] = [
     ("gen_key", pa.string()),
@@ -218,8 +224,8 @@ UNIT_RESULT_SCHEMA = pa.schema(
     ]
 )
 
-# --- what the writer stage emits: one row per shard file written ------------------------------
-SHARD_RECORD_SCHEMA = pa.schema(
+# --- what the writer stage emits: one row per written batch (its receipt) ---------------------
+SHARD_ENTRY_TYPE = pa.struct(
     [
         ("path", pa.string()),  # relative to output.uri
         ("kind", pa.string()),
@@ -227,7 +233,15 @@ SHARD_RECORD_SCHEMA = pa.schema(
         ("rows", pa.int64()),
         ("bytes", pa.int64()),
         ("sha256", pa.string()),
-        ("receipt", pa.string()),  # relative path of the receipt that made this shard durable
+        ("batch", pa.string()),
+    ]
+)
+RECEIPT_SCHEMA = pa.schema(
+    [
+        ("batch", pa.string()),  # batch id; the receipt lives at receipts/<build_id>/<batch>.json
+        ("shards", pa.list_(SHARD_ENTRY_TYPE)),
+        ("units", pa.int64()),
+        ("stats", pa.string()),  # JSON: per-task counters of this batch (see pipelines/stats.py)
     ]
 )
 

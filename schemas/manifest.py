@@ -36,6 +36,7 @@ class ShardEntry:
     rows: int
     bytes: int
     sha256: str
+    batch: str = ""  # the write batch (receipt) the shard came from; a unit's rows share one batch
 
 
 @dataclass

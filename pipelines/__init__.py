@@ -1,0 +1,1 @@
+"""Ground-V on Ray: the pipeline package (plan -> stream -> commit)."""

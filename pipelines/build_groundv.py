@@ -1,0 +1,185 @@
+#!/usr/bin/env python
+"""Build a Ground-V grounding dataset: plan -> stream -> commit.
+
+    python pipelines/build_groundv.py [--config FILE] [--dry-run] [key=value ...]
+    ray job submit --working-dir . -- python pipelines/build_groundv.py --config FILE
+
+With no arguments: the embedded sample dataset, a local Ray, the CPU template teacher, output
+under output/groundv. See README.md and docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import uuid
+
+# Run as a script (`python pipelines/build_groundv.py`, also inside `ray job submit --working-dir`),
+# Python puts pipelines/ on sys.path, not the project root; Ray ships the driver's sys.path to its
+# workers, so adding the root here makes `schemas`, `teachers`, `pipelines` importable everywhere.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from pipelines.commit import CommitConflict, clean_receipts, select_existing, write_manifest  # noqa: E402
+from pipelines.config import ConfigError, config_hash, load_config, parse_args, resolved  # noqa: E402
+from pipelines.filters.settings import filter_version  # noqa: E402
+from pipelines.plan import Plan, make_plan  # noqa: E402
+from pipelines.report import Progress, print_plan, print_summary  # noqa: E402
+from pipelines.sources import load_exclusions, load_images, resolve_sources  # noqa: E402
+from pipelines.state import (  # noqa: E402
+    Ledger,
+    latest_manifest,
+    manifest_uri,
+    pending_receipts,
+    read_ledger,
+)
+from pipelines.stats import merge_stats, totals  # noqa: E402
+from pipelines.storage import StorageSpec  # noqa: E402
+from schemas.columns import KIND_SAMPLES, TASKS  # noqa: E402
+from schemas.manifest import Manifest  # noqa: E402
+from teachers.backends import build_teacher  # noqa: E402
+from teachers.prompts import default_prompts_dir, load_prompts  # noqa: E402
+
+MAX_ROUNDS = 4  # plan/stream/commit rounds before giving up on a commit race
+
+
+class BuildContext:
+    """Everything the three steps share, resolved once from the config."""
+
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+        self.store = StorageSpec(cfg.storage.endpoint_url, int(cfg.storage.retries))
+        self.output = cfg.output.uri if cfg.output.uri.startswith("s3://") else os.path.abspath(cfg.output.uri)
+        cfg.output.uri = self.output
+        self.sources = resolve_sources(cfg)
+        self.prompts = load_prompts(cfg.teacher.prompts_dir or default_prompts_dir(), list(cfg.tasks))
+        self.teacher = build_teacher(cfg.teacher, self.prompts, self.store, int(cfg.stream.teacher_batch_size))
+        self.exclude = load_exclusions(cfg.data.exclude_image_ids, self.store)
+        self.build_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+
+
+# ------------------------------------------------------------------------------------------- plan
+def plan(ctx: BuildContext, own_batches: set[str]) -> tuple[Plan, Ledger, Manifest | None, list]:
+    """Source index -> units -> generation keys -> anti-join with the current version + receipts."""
+    imgs = load_images(ctx.sources, ctx.exclude, ctx.cfg.data.limit, ctx.store)
+    current = latest_manifest(ctx.output, ctx.store)
+    committed = {s.path for s in current.shards} if current else set()
+    receipts = pending_receipts(ctx.output, ctx.store, committed)
+    ledger = read_ledger(ctx.output, [current.shards if current else [], *[r.shards for r in receipts]],
+                         ctx.store)
+    p = make_plan(
+        imgs.images, {s.name: s.tasks for s in ctx.sources}, imgs.identities,
+        {t: spec.content_hash for t, spec in ctx.prompts.items()}, ctx.teacher.identity_hash(),
+        ledger.rows.to_pylist(), images_excluded=imgs.excluded, reuse_errors_from=own_batches,
+    )
+    return p, ledger, current, receipts
+
+
+# ----------------------------------------------------------------------------------------- stream
+def stream(ctx: BuildContext, p: Plan, progress: Progress) -> set[str]:
+    """Run the Ray Data stream over the units to generate; returns the batches written."""
+    from pipelines.stream import build_stream, init_ray, iter_receipts
+
+    init_ray(ctx.cfg)
+    batches: set[str] = set()
+    for rec in iter_receipts(build_stream(p, ctx.teacher, ctx.cfg, ctx.store, ctx.build_id)):
+        batches.add(rec["batch"])
+        progress.add(json.loads(rec["stats"]))
+    return batches
+
+
+# ----------------------------------------------------------------------------------------- commit
+def commit(ctx: BuildContext, p: Plan, ledger: Ledger, current: Manifest | None, receipts: list,
+           first_plan: Plan, progress: Progress, wall_start: float) -> Manifest:
+    shards, covered = select_existing(ledger, p.reused_keys, ctx.output, ctx.store)
+    missing = p.reused_keys - covered
+    if missing:  # never commit a version that silently lost units
+        raise RuntimeError(f"{len(missing)} planned units have no rows in any shard; re-run the build")
+    stats = build_stats(first_plan, progress, shards, time.monotonic() - wall_start)
+    m = write_manifest(
+        ctx.output, ctx.store, (current.version if current else 0) + 1, current.version if current else None,
+        shards, config=resolved(ctx.cfg), config_hash=config_hash(ctx.cfg),
+        teacher=ctx.teacher.identity(), prompts={t: s.content_hash for t, s in ctx.prompts.items()},
+        filters={"version": filter_version(ctx.cfg.filters), "settings": resolved(ctx.cfg)["filters"]},
+        stats=stats, build_id=ctx.build_id,
+    )
+    clean_receipts(ctx.output, ctx.store, [r.uri for r in receipts])
+    return m
+
+
+def build_stats(first: Plan, progress: Progress, shards, wall_s: float) -> dict:
+    per: dict[str, dict] = {}
+    merge_stats(per, progress.stats)
+    rows_in = {t: sum(s.rows for s in shards if s.kind == KIND_SAMPLES and s.task == t) for t in TASKS}
+    tasks = {}
+    for t in TASKS:
+        tp = first.tasks[t]
+        s = per.get(t, {})
+        tasks[t] = {
+            "planned": tp.planned, "reused": tp.reused, "generated": tp.generate, "dropped": tp.dropped,
+            "not_applicable": tp.not_applicable, "teacher_calls": s.get("teacher_calls", 0),
+            "accepted": s.get("accepted", 0), "rejected": s.get("rejected", 0), "errors": s.get("errors", 0),
+            "units_accepted": s.get("units_accepted", 0), "units_rejected": s.get("units_rejected", 0),
+            "prompt_tokens": s.get("prompt_tokens", 0), "output_tokens": s.get("output_tokens", 0),
+            "rejected_by_reason": s.get("rejected_by_reason", {}), "errors_by_reason": s.get("errors_by_reason", {}),
+            "generate_reasons": dict(tp.generate_reasons), "drop_reasons": dict(tp.drop_reasons),
+            "rows_in_dataset": rows_in[t],
+        }
+    tot = totals(per)
+    keys = ("planned", "reused", "generated", "dropped", "not_applicable", "rows_in_dataset")
+    total_row = {**{k: sum(v[k] for v in tasks.values()) for k in keys},
+                 **{k: tot[k] for k in ("teacher_calls", "accepted", "rejected", "errors",
+                                        "prompt_tokens", "output_tokens")}}
+    return {
+        "images": first.images_total, "images_excluded": first.images_excluded,
+        "units_planned": first.units_total, "units_reused": sum(t.reused for t in first.tasks.values()),
+        "teacher_calls": tot["teacher_calls"], "prompt_tokens": tot["prompt_tokens"],
+        "output_tokens": tot["output_tokens"], "rejected_by_reason": tot["rejected_by_reason"],
+        "errors_by_reason": tot["errors_by_reason"], "wall_s": round(wall_s, 3),
+        "tasks": tasks, "totals": total_row,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        ctx = BuildContext(cfg)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"groundv: configuration error: {exc}", file=sys.stderr)
+        return 2
+    wall_start = time.monotonic()
+    own: set[str] = set()
+    first, ledger, current, receipts = plan(ctx, own)
+    print_plan(first)
+    if args.dry_run:
+        print("dry run: nothing written")
+        return 0
+    progress = Progress(first.units_to_generate, float(cfg.stream.status_interval_s))
+    p = first
+    for _ in range(MAX_ROUNDS):
+        if p.units_to_generate:
+            own |= stream(ctx, p, progress)
+            # Re-plan against what is durable now (our receipts included): the same path resumes a
+            # crashed build and resolves a commit race.
+            p, ledger, current, receipts = plan(ctx, own)
+            if p.units_to_generate:
+                continue
+        try:
+            m = commit(ctx, p, ledger, current, receipts, first, progress, wall_start)
+            break
+        except CommitConflict as exc:
+            print(f"groundv: {exc}; re-planning against it", file=sys.stderr)
+            p, ledger, current, receipts = plan(ctx, own)
+    else:
+        print("groundv: could not commit after several rounds (concurrent builds?)", file=sys.stderr)
+        return 3
+    print_summary(m, manifest_uri(ctx.output, m.version), first)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Commit: the new manifest version = kept shards of what existed + the shards of this build.
+
+Exactly once at the manifest: every unit's rows come from exactly one batch. Existing batches are
+taken in order (the parent manifest's first, then pending receipts); a batch whose units are all
+kept is carried as is, one with some dropped units is rewritten without them (copy on write, the
+old shard stays for older versions), one with none is left out. The manifest file is created only
+if absent (local link / S3 If-None-Match), so two builds can never both become version N+1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines import storage
+from pipelines.state import Ledger, manifest_uri
+from pipelines.storage import StorageSpec
+from pipelines.writers.shards import parquet_bytes, shard_path
+from schemas.manifest import Manifest, ShardEntry
+
+
+class CommitConflict(RuntimeError):
+    """Another build committed the version we wanted; re-plan against it."""
+
+
+def select_existing(
+    ledger: Ledger, reused_keys: set[str], output: str, store: StorageSpec
+) -> tuple[list[ShardEntry], set[str]]:
+    """Existing shards to carry into the new version, rewriting partially kept batches.
+
+    Returns (entries, keys covered). A key already covered by an earlier batch is not taken twice.
+    """
+    keys_by_batch: dict[str, list[str]] = {}
+    for key, batch in zip(ledger.rows.column("gen_key").to_pylist(), ledger.rows.column("batch").to_pylist()):
+        keys_by_batch.setdefault(batch, []).append(key)
+    covered: set[str] = set()
+    out: list[ShardEntry] = []
+    for batch in ledger.batch_order:
+        keys = keys_by_batch.get(batch, [])
+        keep = [k for k in keys if k in reused_keys and k not in covered]
+        if not keep:
+            continue
+        covered.update(keep)
+        shards = ledger.shards_by_batch[batch]
+        if len(keep) == len(keys):
+            out.extend(shards)
+            continue
+        new_batch = hashlib.sha256((batch + "\n" + "\n".join(sorted(keep))).encode()).hexdigest()[:24]
+        for s in shards:
+            entry = rewrite_shard(s, set(keep), new_batch, output, store)
+            if entry is not None:
+                out.append(entry)
+    return out, covered
+
+
+def rewrite_shard(
+    entry: ShardEntry, keep: set[str], new_batch: str, output: str, store: StorageSpec
+) -> ShardEntry | None:
+    fs, path = storage.fs_and_path(storage.join(output, entry.path), store)
+    table = storage.with_retries(lambda: pq.read_table(path, filesystem=fs), store, f"read {entry.path}")
+    mask = pc.is_in(table.column("gen_key"), value_set=pa.array(sorted(keep)))
+    kept = table.filter(mask)
+    if kept.num_rows == 0:
+        return None
+    data = parquet_bytes(kept)
+    digest = hashlib.sha256(data).hexdigest()
+    new_path = shard_path(entry.kind, entry.task, digest)
+    storage.write_bytes(storage.join(output, new_path), data, store)
+    return ShardEntry(path=new_path, kind=entry.kind, task=entry.task, rows=kept.num_rows,
+                      bytes=len(data), sha256=digest, batch=new_batch)
+
+
+def write_manifest(
+    output: str,
+    store: StorageSpec,
+    version: int,
+    parent: int | None,
+    shards: list[ShardEntry],
+    *,
+    config: dict[str, Any],
+    config_hash: str,
+    teacher: dict[str, Any],
+    prompts: dict[str, str],
+    filters: dict[str, Any],
+    stats: dict[str, Any],
+    build_id: str,
+) -> Manifest:
+    m = Manifest(
+        version=version, parent_version=parent,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        config=config, config_hash=config_hash, teacher=teacher, prompts=prompts, filters=filters,
+        shards=sorted(shards, key=lambda s: (s.kind, s.task, s.path)), stats=stats, build_id=build_id,
+    )
+    if not storage.create_if_absent(manifest_uri(output, version), m.to_json().encode(), store):
+        raise CommitConflict(f"manifest v{version:06d} was committed by another build")
+    return m
+
+
+def clean_receipts(output: str, store: StorageSpec, receipt_uris: list[str]) -> None:
+    """Receipts are only a crash journal: once a manifest names their shards they can go."""
+    for uri in receipt_uris:
+        try:
+            storage.delete(uri, store)
+        except FileNotFoundError:
+            pass
+

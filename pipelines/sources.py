@@ -1,0 +1,98 @@
+"""Sources for a build: the configured ones (or the embedded sample), their image records, the
+leakage guard (exclude_image_ids), the limit, and each image's content identity from a listing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines import storage
+from pipelines.plan import image_identity
+from pipelines.readers import read_source
+from pipelines.sample_data import ensure_sample_dataset
+from pipelines.storage import StorageSpec
+from schemas.columns import IMAGE_SCHEMA
+
+
+@dataclass
+class SourceSpec:
+    name: str
+    format: str
+    annotations: str
+    images: str
+    tasks: list[str]
+
+
+def _abs(uri: str) -> str:
+    return uri if storage.is_s3(uri) else os.path.abspath(uri)
+
+
+def resolve_sources(cfg: Any) -> list[SourceSpec]:
+    """The configured sources, or the sample dataset (generated once) when none are configured."""
+    tasks = list(cfg.tasks)
+    if not cfg.data.sources:
+        s = cfg.data.sample
+        made = ensure_sample_dataset(os.path.abspath(s.dir), num_images=s.num_images, seed=s.seed)
+        return [SourceSpec(m["name"], m["format"], _abs(m["annotations"]), _abs(m["images"]),
+                           [t for t in tasks if t in _sample_tasks(m["format"])]) for m in made]
+    out = []
+    for src in cfg.data.sources:
+        fmt = str(getattr(src.format, "value", src.format))
+        want = list(src.tasks) if src.tasks else tasks
+        out.append(SourceSpec(src.name, fmt, _abs(src.annotations), _abs(src.images),
+                              [t for t in tasks if t in want]))
+    return out
+
+
+def _sample_tasks(fmt: str) -> tuple[str, ...]:
+    # PACO-style sources carry the parts; the sample's COCO/LVIS sources cover the other tasks.
+    if fmt == "paco":
+        return ("part", "multi_granularity")
+    return ("hallucination", "multi_object", "reasoning", "multi_granularity")
+
+
+def load_exclusions(value: Any, store: StorageSpec) -> set[int]:
+    """exclude_image_ids: a list of ids, or the uri of a file (JSON list or one id per line)."""
+    if isinstance(value, str):
+        text = storage.read_bytes(_abs(value), store).decode()
+        try:
+            ids = json.loads(text)
+        except ValueError:
+            ids = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        return {int(i) for i in ids}
+    return {int(i) for i in (value or [])}
+
+
+@dataclass
+class SourceImages:
+    images: pa.Table  # IMAGE_SCHEMA
+    excluded: int
+    identities: dict[str, str]  # image_uri -> content identity
+
+
+def load_images(sources: list[SourceSpec], exclude: set[int], limit: int | None,
+                store: StorageSpec) -> SourceImages:
+    tables = []
+    excluded = 0
+    for src in sources:
+        t = read_source(src.name, src.format, src.annotations, src.images, store.options_for(src.annotations))
+        if exclude:
+            keep = pc.invert(pc.is_in(t.column("image_id"), value_set=pa.array(sorted(exclude), pa.int64())))
+            excluded += t.num_rows - pc.sum(keep.cast(pa.int64())).as_py()
+            t = t.filter(keep)
+        tables.append(t.cast(IMAGE_SCHEMA))
+    images = pa.concat_tables(tables) if tables else IMAGE_SCHEMA.empty_table()
+    if limit is not None:
+        images = images.slice(0, limit)
+    identities: dict[str, str] = {}
+    for src in sources:
+        listing = storage.list_files(src.images, store)
+        for uri in images.filter(pc.equal(images.column("source"), src.name)).column("image_uri").to_pylist():
+            identities[uri] = image_identity(listing.get(uri))
+    return SourceImages(images=images, excluded=excluded, identities=identities)

@@ -1,0 +1,1 @@
+"""Ray Data stages over Arrow batches (each also callable without Ray)."""

@@ -1,0 +1,71 @@
+"""The Ray Data stream: images -> units -> teacher -> checks -> shards, one receipt per batch.
+
+Resources are declared per stage so an autoscaler does the right thing: reading and decoding are
+CPU tasks, the teacher stage brings its own resources (GPU actors for vLLM), the check stage is a
+CPU actor pool; no CPU stage ever asks for a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator
+
+import ray
+import ray.data
+
+from pipelines.config import GroundVConfig
+from pipelines.plan import Plan, split_for_stream
+from pipelines.stages.check import CheckUnits
+from pipelines.stages.images import DecodeAndFanOut, ReadImages
+from pipelines.storage import StorageSpec
+from pipelines.writers.shards import ShardWriter
+from teachers.base import Teacher
+
+
+def init_ray(cfg: GroundVConfig) -> None:
+    """Join the cluster (ray job submit sets RAY_ADDRESS) or start a local Ray."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    # On a 2-core box the stage actors can take every slot and starve the read tasks: give the
+    # local Ray at least 4 logical CPUs (STACK.md).
+    num_cpus = cfg.ray.num_cpus or max(4, os.cpu_count() or 1)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+def build_stream(plan: Plan, teacher: Teacher, cfg: Any, store: StorageSpec, build_id: str) -> ray.data.Dataset:
+    s = cfg.stream
+    blocks = split_for_stream(plan.work, s.image_batch_size)
+    ds = ray.data.from_arrow(blocks)
+    # Read bytes once per image (I/O bound tasks), then decode/resize and fan out to units.
+    ds = ds.map_batches(ReadImages, fn_constructor_args=(store,), batch_size=s.image_batch_size,
+                        batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
+                        num_cpus=0.5)
+    ds = ds.map_batches(
+        DecodeAndFanOut,
+        fn_constructor_args=(teacher.needs_image, int(cfg.teacher.max_pixels), int(s.max_image_pixels)),
+        batch_size=s.image_batch_size, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
+    )
+    # One branch only (a second branch would re-read every image): units whose image failed pass
+    # through the teacher stage untouched, by the Teacher contract (teachers/base.py).
+    units = teacher.attach(ds)
+    results = units.map_batches(
+        CheckUnits, fn_constructor_args=(cfg.filters, teacher.label()), batch_size=s.check_batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=s.check_actors_min, max_size=s.check_actors_max),
+    )
+    return results.map_batches(
+        ShardWriter, fn_constructor_args=(cfg.output.uri, store, build_id), batch_size=s.write_batch_size,
+        batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2), num_cpus=0.5,
+    )
+
+
+def iter_receipts(ds: ray.data.Dataset) -> Iterator[dict[str, Any]]:
+    """Stream the receipts back to the driver as batches finish (drives progress + commit)."""
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        yield from batch.to_pylist()

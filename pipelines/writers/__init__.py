@@ -1,0 +1,1 @@
+"""Writers: Parquet shards and receipts."""

@@ -1,0 +1,93 @@
+"""Choose a teacher backend from the `teacher` config section (template | vllm | replay)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from teachers.base import Teacher, append_teacher_columns
+from teachers.knowledge import load_knowledge
+from teachers.prompts import PromptSpec
+from teachers.template import template_respond_batch
+
+if TYPE_CHECKING:  # pragma: no cover
+    import ray.data
+
+    from pipelines.storage import StorageSpec
+
+TEMPLATE_VERSION = "template-1"
+KNOWLEDGE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "knowledge.yaml")
+
+
+def file_sha256(path: str) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
+
+
+class TemplateRespond:
+    """Ray Data stage wrapping the pure template teacher (the knowledge table loads once per worker)."""
+
+    def __init__(self, specs: dict[str, PromptSpec], n_pairs: int) -> None:
+        self.specs = specs
+        self.n_pairs = n_pairs
+        self.knowledge = load_knowledge()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        cols = [c for c in batch.column_names if c != "teacher_image"]
+        out = template_respond_batch(batch.select(cols).to_pydict(), self.specs, self.knowledge, self.n_pairs)
+        # Units whose image failed upstream are not answered (Teacher contract).
+        for i, err in enumerate(batch.column("unit_error").to_pylist()):
+            if err is not None:
+                for name in ("response", "finish_reason", "teacher_error", "prompt_tokens", "output_tokens"):
+                    out[name][i] = None
+        return append_teacher_columns(batch, out)
+
+
+class TemplateTeacher(Teacher):
+    """Deterministic CPU teacher: writes all five tasks from annotations + teachers/knowledge.yaml."""
+
+    backend = "template"
+    needs_image = False
+
+    def __init__(self, specs: dict[str, PromptSpec], n_pairs: int, batch_size: int = 64) -> None:
+        self.specs = specs
+        self.n_pairs = n_pairs
+        self.batch_size = batch_size
+
+    def identity(self) -> dict[str, Any]:
+        return {"backend": self.backend, "model": TEMPLATE_VERSION, "knowledge": file_sha256(KNOWLEDGE_PATH),
+                "pairs_per_unit": self.n_pairs}
+
+    def respond_table(self, table: pa.Table) -> pa.Table:
+        """The stage's work on one batch, callable without Ray (tests, the single-process bench)."""
+        return TemplateRespond(self.specs, self.n_pairs)(table)
+
+    def attach(self, ds: "ray.data.Dataset") -> "ray.data.Dataset":
+        return ds.map_batches(TemplateRespond, fn_constructor_args=(self.specs, self.n_pairs),
+                              batch_size=self.batch_size, batch_format="pyarrow",
+                              compute=_actors(1, 2))
+
+
+def _actors(lo: int, hi: int) -> Any:
+    import ray.data
+
+    return ray.data.ActorPoolStrategy(min_size=lo, max_size=hi)
+
+
+def build_teacher(teacher_cfg: Any, specs: dict[str, PromptSpec], store: "StorageSpec",
+                  batch_size: int = 64) -> Teacher:
+    backend = str(getattr(teacher_cfg.backend, "value", teacher_cfg.backend))
+    if backend == "template":
+        return TemplateTeacher(specs, int(teacher_cfg.pairs_per_unit), batch_size)
+    if backend == "replay":
+        from teachers.replay import ReplayTeacher
+
+        return ReplayTeacher(str(teacher_cfg.responses), store)
+    if backend == "vllm":
+        from teachers.vllm_backend import VllmTeacher
+
+        return VllmTeacher(teacher_cfg, specs)
+    raise ValueError(f"teacher.backend: unknown backend {backend!r} (template | vllm | replay)")
