@@ -41,6 +41,7 @@ from pipelines.storage import StorageSpec  # noqa: E402
 from schemas.columns import KIND_SAMPLES, TASKS  # noqa: E402
 from schemas.manifest import Manifest  # noqa: E402
 from teachers.backends import build_teacher  # noqa: E402
+from teachers.knowledge import load_knowledge  # noqa: E402
 from teachers.prompts import default_prompts_dir, load_prompts  # noqa: E402
 
 MAX_ROUNDS = 4  # plan/stream/commit rounds before giving up on a commit race
@@ -103,7 +104,7 @@ def commit(ctx: BuildContext, p: Plan, ledger: Ledger, current: Manifest | None,
         ctx.output, ctx.store, (current.version if current else 0) + 1, current.version if current else None,
         shards, config=resolved(ctx.cfg), config_hash=config_hash(ctx.cfg),
         teacher=ctx.teacher.identity(), prompts={t: s.content_hash for t, s in ctx.prompts.items()},
-        filters={"version": filter_version(ctx.cfg.filters), "settings": resolved(ctx.cfg)["filters"]},
+        filters={"version": filter_version(ctx.cfg.filters, load_knowledge()), "settings": resolved(ctx.cfg)["filters"]},
         stats=stats, build_id=ctx.build_id,
     )
     clean_receipts(ctx.output, ctx.store, [r.uri for r in receipts])

@@ -10,7 +10,7 @@ if absent (local link / S3 If-None-Match), so two builds can never both become v
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -36,7 +36,8 @@ def select_existing(
     Returns (entries, keys covered). A key already covered by an earlier batch is not taken twice.
     """
     keys_by_batch: dict[str, list[str]] = {}
-    for key, batch in zip(ledger.rows.column("gen_key").to_pylist(), ledger.rows.column("batch").to_pylist()):
+    rows = ledger.rows
+    for key, batch in zip(rows.column("gen_key").to_pylist(), rows.column("batch").to_pylist(), strict=True):
         keys_by_batch.setdefault(batch, []).append(key)
     covered: set[str] = set()
     out: list[ShardEntry] = []
@@ -92,7 +93,7 @@ def write_manifest(
 ) -> Manifest:
     m = Manifest(
         version=version, parent_version=parent,
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         config=config, config_hash=config_hash, teacher=teacher, prompts=prompts, filters=filters,
         shards=sorted(shards, key=lambda s: (s.kind, s.task, s.path)), stats=stats, build_id=build_id,
     )

@@ -12,8 +12,8 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, Dict, List, Optional
+from enum import StrEnum
+from typing import Any, Dict, List
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -29,13 +29,13 @@ class ConfigError(ValueError):
     """A configuration problem, reported before any work starts."""
 
 
-class SourceFormat(str, Enum):
+class SourceFormat(StrEnum):
     coco = "coco"
     lvis = "lvis"
     paco = "paco"
 
 
-class TeacherBackend(str, Enum):
+class TeacherBackend(StrEnum):
     template = "template"
     vllm = "vllm"
     replay = "replay"
@@ -47,7 +47,7 @@ class SourceConfig:
     format: SourceFormat = MISSING
     annotations: str = MISSING  # uri of the annotation JSON
     images: str = MISSING  # uri prefix that file names are relative to
-    tasks: Optional[List[str]] = None  # default: every task in `tasks`
+    tasks: List[str] | None = None  # default: every task in `tasks`
 
 
 @dataclass
@@ -64,15 +64,15 @@ class DataConfig:
     # A list of image ids, or the uri of a file of ids (one per line / JSON list): benchmark-leakage
     # exclusion (RefCOCO/+/g, gRefCOCO val/test images live in COCO train2017).
     exclude_image_ids: Any = field(default_factory=list)
-    limit: Optional[int] = None  # at most this many images (over all sources, in source order)
+    limit: int | None = None  # at most this many images (over all sources, in source order)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
 
 @dataclass
 class VllmConfig:
     model_source: str = ""  # hub id, local path or s3:// copy of the weights
-    revision: Optional[str] = None
-    accelerator_type: Optional[str] = None  # e.g. "A10G", "L4", "H100"
+    revision: str | None = None
+    accelerator_type: str | None = None  # e.g. "A10G", "L4", "H100"
     min_engines: int = 1
     max_engines: int = 1
     batch_size: int = 16
@@ -86,12 +86,12 @@ class VllmConfig:
 @dataclass
 class TeacherConfig:
     backend: TeacherBackend = TeacherBackend.template
-    prompts_dir: Optional[str] = None  # default: teachers/prompts
+    prompts_dir: str | None = None  # default: teachers/prompts
     pairs_per_unit: int = 3
     mode: str = "vision"  # vision | text (object table only, for text-only LLMs)
     box_format: str = "xyxy"  # xyxy | xyxy_resized | xyxy_1000, see teachers/object_table.py
     max_pixels: int = 1003520  # pixel budget of the image sent to the teacher (resized on CPU)
-    responses: Optional[str] = None  # replay backend: JSONL of {"gen_key", "response"}
+    responses: str | None = None  # replay backend: JSONL of {"gen_key", "response"}
     vllm: VllmConfig = field(default_factory=VllmConfig)
 
 
@@ -102,14 +102,14 @@ class OutputConfig:
 
 @dataclass
 class StorageConfig:
-    endpoint_url: Optional[str] = None  # S3-compatible endpoint; credentials: standard AWS chain
+    endpoint_url: str | None = None  # S3-compatible endpoint; credentials: standard AWS chain
     retries: int = 5
 
 
 @dataclass
 class RayConfig:
-    address: Optional[str] = None  # None: join RAY_ADDRESS if set, else start a local Ray
-    num_cpus: Optional[int] = None  # local Ray only; default max(4, cores): see STACK.md
+    address: str | None = None  # None: join RAY_ADDRESS if set, else start a local Ray
+    num_cpus: int | None = None  # local Ray only; default max(4, cores): see STACK.md
 
 
 @dataclass

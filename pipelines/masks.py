@@ -102,6 +102,6 @@ def target_bboxes(
             out.append([float(v) for v in obj["bbox"]])
     if rles:
         # One vectorised toBbox call for all targets instead of one per mask.
-        for slot, box in zip(slots, mask_utils.toBbox(rles).tolist()):
+        for slot, box in zip(slots, mask_utils.toBbox(rles).tolist(), strict=True):
             out[slot] = [float(v) for v in box]
     return out

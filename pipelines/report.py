@@ -12,13 +12,14 @@ from schemas.columns import TASKS
 
 
 def _table(header: list[str], rows: list[list[Any]], out: TextIO) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = "  ".join(f"{h:<{w}}" if i == 0 else f"{h:>{w}}" for i, (h, w) in enumerate(zip(header, widths)))
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    cells = enumerate(zip(header, widths, strict=True))
+    line = "  ".join(f"{h:<{w}}" if i == 0 else f"{h:>{w}}" for i, (h, w) in cells)
     print(line, file=out)
     print("-" * len(line), file=out)
     for r in rows:
         print("  ".join(f"{str(x):<{w}}" if i == 0 else f"{str(x):>{w}}"
-                        for i, (x, w) in enumerate(zip(r, widths))), file=out)
+                        for i, (x, w) in enumerate(zip(r, widths, strict=False))), file=out)
 
 
 def print_plan(plan: Plan, out: TextIO = sys.stdout) -> None:

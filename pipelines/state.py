@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from pipelines import storage
 from pipelines.storage import StorageSpec
-from schemas.columns import KIND_RAW, KEY_COMPONENT_FIELDS
+from schemas.columns import KEY_COMPONENT_FIELDS, KIND_RAW
 from schemas.manifest import Manifest, ShardEntry, manifest_name, parse_manifest_name
 
 LEDGER_COLUMNS = ["gen_key", "source", "image_id", "task", *[n for n, _ in KEY_COMPONENT_FIELDS], "outcome"]

@@ -74,7 +74,7 @@ class Manifest:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Manifest":
+    def from_json(cls, text: str) -> Manifest:
         raw = json.loads(text)
         raw["shards"] = [ShardEntry(**s) for s in raw.get("shards", [])]
         known = {f for f in cls.__dataclass_fields__}

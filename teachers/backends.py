@@ -65,7 +65,7 @@ class TemplateTeacher(Teacher):
         """The stage's work on one batch, callable without Ray (tests, the single-process bench)."""
         return TemplateRespond(self.specs, self.n_pairs)(table)
 
-    def attach(self, ds: "ray.data.Dataset") -> "ray.data.Dataset":
+    def attach(self, ds: ray.data.Dataset) -> ray.data.Dataset:
         return ds.map_batches(TemplateRespond, fn_constructor_args=(self.specs, self.n_pairs),
                               batch_size=self.batch_size, batch_format="pyarrow",
                               compute=_actors(1, 2))
@@ -77,7 +77,7 @@ def _actors(lo: int, hi: int) -> Any:
     return ray.data.ActorPoolStrategy(min_size=lo, max_size=hi)
 
 
-def build_teacher(teacher_cfg: Any, specs: dict[str, PromptSpec], store: "StorageSpec",
+def build_teacher(teacher_cfg: Any, specs: dict[str, PromptSpec], store: StorageSpec,
                   batch_size: int = 64) -> Teacher:
     backend = str(getattr(teacher_cfg.backend, "value", teacher_cfg.backend))
     if backend == "template":

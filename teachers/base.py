@@ -37,7 +37,7 @@ class Teacher(ABC):
         sampling params, output schema version, ...). Part of every generation key."""
 
     @abstractmethod
-    def attach(self, ds: "ray.data.Dataset") -> "ray.data.Dataset":
+    def attach(self, ds: ray.data.Dataset) -> ray.data.Dataset:
         """Add the TEACHER_OUT_FIELDS columns to every unit row of `ds`."""
 
     def identity_hash(self) -> str:

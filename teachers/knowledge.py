@@ -143,15 +143,25 @@ class Knowledge:
         g = normalize(group)
         return str(self._groups.get(g, {}).get("plural") or regular_plural(g))
 
+    def group_noun(self, group: str) -> str:
+        """Countable singular for one member ("piece of furniture"; "animal" for "animal")."""
+        g = normalize(group)
+        return str(self._groups.get(g, {}).get("noun") or g)
+
+    def _group_forms(self, group: str) -> list[str]:
+        g = normalize(group)
+        extra = [normalize(w) for w in self._groups.get(g, {}).get("also") or []]
+        return [g, self.group_noun(g), self.group_plural(g), *extra]
+
     def is_group(self, word: str) -> bool:
         w = normalize(word)
-        return w in self._groups or any(self.group_plural(g) == w for g in self._groups)
+        return any(w in self._group_forms(g) for g in self._groups)
 
     def _build_group_words(self) -> dict[str, set[str]]:
         words: dict[str, set[str]] = {}
         for g in self._groups:
             members = {c for c in self._cats if g in self.ancestors(c)}
-            for w in (g, self.group_plural(g)):
+            for w in self._group_forms(g):
                 words.setdefault(w, set()).update(members)
         for c in self._cats:
             # Plural forms of a category (and of its synonyms) refer to all of its instances.

@@ -39,6 +39,10 @@ def _count_word(n: int) -> str:
     return _NUMBER_WORDS[n] if n < len(_NUMBER_WORDS) else str(n)
 
 
+def _all_count(n: int) -> str:
+    return "both" if n == 2 else f"all {_count_word(n)}"
+
+
 def _article(word: str) -> str:
     return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
 
@@ -114,60 +118,68 @@ def _winners(key: str, rows: list[TableRow], k: int, scene: _Scene) -> list[Tabl
     return ranked[:k] if ok else None
 
 
-def _pair(rng: random.Random, phrases: Mapping[str, Any], subtype: str, ids: list[int], **fields: Any) -> Pair:
-    fields = {**fields, **{f"{k[0].upper()}{k[1:]}": _cap(str(v)) for k, v in fields.items()}}
-    return {
-        "instruction": rng.choice(phrases["instructions"]).format(**fields),
-        "answer": rng.choice(phrases["answers"]).format(**fields),
-        "target_ids": sorted(ids),
-        "subtype": subtype,
-    }
+class _Writer:
+    """Collects candidate pairs, filling the prompt file's phrase patterns ({Name} = capitalised)."""
+
+    def __init__(self, tpl: Mapping[str, Any], rng: random.Random) -> None:
+        self.tpl, self.rng = tpl, rng
+        self.out: list[Candidate] = []
+
+    def add(self, subtype: str, topic: str, key: str, ids: list[int], **fields: Any) -> None:
+        fields = {**fields, **{f"{k[0].upper()}{k[1:]}": _cap(str(v)) for k, v in fields.items()}}
+        phrases = self.tpl[key]
+        pair = {
+            "instruction": self.rng.choice(phrases["instructions"]).format(**fields),
+            "answer": self.rng.choice(phrases["answers"]).format(**fields),
+            "target_ids": sorted(ids),
+            "subtype": subtype,
+        }
+        self.out.append((subtype, topic, pair))
 
 
 # ------------------------------------------------------------------------------------ tasks
-def _hallucination(s: _Scene, tpl: Mapping[str, Any], rng: random.Random, unit: Mapping[str, Any]) -> list[Candidate]:
-    out: list[Candidate] = []
+def _hallucination(s: _Scene, w: _Writer, unit: Mapping[str, Any]) -> None:
     unsafe = {s.kn.display(c) for c in unit.get("not_exhaustive_categories") or []}
     present = list(s.by_cat) + [s.kn.display(r.name) for r in s.rows if r.is_part]
     for raw in sorted(set(unit.get("absent_categories") or [])):
         name = s.kn.display(raw)
         if name in unsafe or any(s.kn.refers_to(name, p) or s.kn.refers_to(p, name) for p in present):
             continue  # could be in the image under another name: not a safe negative
-        out.append(("object", f"obj:{name}", _pair(rng, tpl["object"], "object", [], name=name, a_name=_article(name))))
+        w.add("object", f"obj:{name}", "object", [], name=name, a_name=_article(name))
     for cat in sorted(s.by_cat):
-        seen = {a.lower() for r in s.by_cat[cat] for a in r.attributes}
+        # Word overlap, so an annotated "metal" also rules out "made of metal".
+        seen = {word for r in s.by_cat[cat] for a in r.attributes for word in a.lower().split()}
         for attr in s.kn.impossible_attributes(cat):
-            if attr.lower() not in seen:
-                out.append(("attribute", f"attr:{cat}", _pair(rng, tpl["attribute"], "attribute", [], name=cat, attr=attr, a_name=_article(cat))))
+            if not seen & (set(attr.lower().split()) - {"made", "of", "a", "an", "the"}):
+                w.add("attribute", f"attr:{cat}", "attribute", [], name=cat, attr=attr, a_name=_article(cat))
     for a, b in ((a, b) for a in sorted(s.by_cat) for b in sorted(s.by_cat) if a != b):
         for rel in s.kn.impossible_relations(a):
             text = rel.format(a=f"the {a}", b=f"the {b}")
-            out.append(("relation", f"rel:{a}:{b}", _pair(rng, tpl["relation"], "relation", [], rel=text, a=_article(a), b=_article(b))))
-    return out
+            w.add("relation", f"rel:{a}:{b}", "relation", [], rel=text, a=_article(a), b=_article(b))
 
 
-def _multi_object(s: _Scene, tpl: Mapping[str, Any], rng: random.Random, unit: Mapping[str, Any]) -> list[Candidate]:
-    out: list[Candidate] = []
+def _multi_object(s: _Scene, w: _Writer, unit: Mapping[str, Any]) -> None:
     for cat in s.clean_cats:
         rows = s.by_cat[cat]
-        ids = [r.local_id for r in rows]
-        plural = s.kn.plural(cat)
-        if len(rows) >= 2:
-            out.append(("same_category", f"all:{cat}", _pair(rng, tpl["same_category"], "same_category", ids, name=cat, plural=plural, count=_count_word(len(rows)))))
-        for side, (adj, phrase) in sorted(tpl["sides"].items()):
-            for k in range(2, len(rows)):
+        n, plural = len(rows), s.kn.plural(cat)
+        if n >= 2:
+            ids = [r.local_id for r in rows]
+            counts = {"count": _count_word(n), "all_count": _all_count(n)}
+            w.add("same_category", f"all:{cat}", "same_category", ids, name=cat, plural=plural, **counts)
+        for side, (adj, phrase) in sorted(w.tpl["sides"].items()):
+            for k in range(2, n):
                 won = _winners(side, rows, k, s)
                 if won:
-                    out.append(("same_category", f"sub:{cat}:{side}:{k}", _pair(rng, tpl["same_category_subset"], "same_category", [r.local_id for r in won], plural=plural, count=_count_word(k), side=adj, side_phrase=phrase)))
+                    ids = [r.local_id for r in won]
+                    fields = {"plural": plural, "count": _count_word(k), "side": adj, "side_phrase": phrase}
+                    w.add("same_category", f"sub:{cat}:{side}:{k}", "same_category_subset", ids, **fields)
     for a, b in combinations(s.clean_cats, 2):
         ra, rb = s.by_cat[a], s.by_cat[b]
         ids = [r.local_id for r in ra + rb]
-        out.append(("mixed_category", f"mix:{a}:{b}", _pair(rng, tpl["mixed_category"], "mixed_category", ids, ref_a=s.ref(a, len(ra)), ref_b=s.ref(b, len(rb)))))
-    return out
+        w.add("mixed_category", f"mix:{a}:{b}", "mixed_category", ids, ref_a=s.ref(a, len(ra)), ref_b=s.ref(b, len(rb)))
 
 
-def _reasoning(s: _Scene, tpl: Mapping[str, Any], rng: random.Random, unit: Mapping[str, Any]) -> list[Candidate]:
-    out: list[Candidate] = []
+def _reasoning(s: _Scene, w: _Writer, unit: Mapping[str, Any]) -> None:
     first_group = {c: (s.kn.ancestors(c) or [None])[0] for c in s.by_cat}
     for cat in s.clean_cats:
         rows = s.by_cat[cat]
@@ -175,15 +187,13 @@ def _reasoning(s: _Scene, tpl: Mapping[str, Any], rng: random.Random, unit: Mapp
         sibling = any(o != cat and first_group[o] is not None and first_group[o] == first_group[cat] for o in s.by_cat)
         phrases = [("function", p) for p in ([] if sibling else s.kn.uses(cat))]
         phrases += [("knowledge", p) for p in s.kn.facts(cat)]
-        for subtype, phrase in phrases:
-            ref = s.ref(cat, len(rows))
-            ids = [r.local_id for r in rows]
-            out.append((subtype, f"{subtype}:{cat}", _pair(rng, tpl[subtype], subtype, ids, phrase=phrase, ref=ref, name=cat)))
-            for side, (_, side_phrase) in sorted(tpl["sides"].items()):
+        for sub, phrase in phrases:
+            w.add(sub, f"phrase:{phrase}", sub, [r.local_id for r in rows], phrase=phrase, ref=s.ref(cat, len(rows)))
+            for side, (_, side_phrase) in sorted(w.tpl["sides"].items()):
                 won = _winners(side, rows, 1, s)
                 if won:
-                    out.append((subtype, f"{subtype}:{cat}:{side}", _pair(rng, tpl["one_instance"], subtype, [won[0].local_id], phrase=phrase, name=cat, side_phrase=side_phrase)))
-    return out
+                    fields = {"phrase": phrase, "name": cat, "side_phrase": side_phrase}
+                    w.add(sub, f"phrase:{phrase}", "one_instance", [won[0].local_id], **fields)
 
 
 def _listing(s: _Scene, rows: list[TableRow]) -> str:
@@ -194,8 +204,7 @@ def _listing(s: _Scene, rows: list[TableRow]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _multi_granularity(s: _Scene, tpl: Mapping[str, Any], rng: random.Random, unit: Mapping[str, Any]) -> list[Candidate]:
-    out: list[Candidate] = []
+def _multi_granularity(s: _Scene, w: _Writer, unit: Mapping[str, Any]) -> None:
     levels: list[str] = list(s.clean_cats)
     if s.all_known:
         levels += sorted({g for c in s.by_cat for g in s.kn.ancestors(c)})
@@ -203,52 +212,54 @@ def _multi_granularity(s: _Scene, tpl: Mapping[str, Any], rng: random.Random, un
         rows = s.class_rows(level)
         if not rows:
             continue
-        is_cat = level in s.by_cat
-        ids = [r.local_id for r in rows]
-        if len(rows) >= 2:
+        n, is_cat = len(rows), level in s.by_cat
+        if n >= 2:
             word = s.kn.plural(level) if is_cat else s.kn.group_plural(level)
+            fields = {"word": word, "count": _count_word(n), "all_count": _all_count(n), "listing": _listing(s, rows)}
             key = "group_category" if is_cat else "group"
-            out.append(("group", f"group:{level}", _pair(rng, tpl[key], "group", ids, word=word, count=_count_word(len(rows)), listing=_listing(s, rows))))
-        for sup, pattern in sorted(tpl["superlatives"].items()):
-            won = [rows[0]] if len(rows) == 1 else _winners(sup, rows, 1, s)
+            w.add("group", f"group:{level}", key, [r.local_id for r in rows], **fields)
+        noun = level if is_cat else s.kn.group_noun(level)  # "piece of furniture", not "furniture"
+        for sup, pattern in sorted(w.tpl["superlatives"].items()):
+            won = [rows[0]] if n == 1 else _winners(sup, rows, 1, s)
             if not won:
                 continue
-            ref = f"the {level}" if len(rows) == 1 else pattern.format(level=level)
+            ref = f"the {noun}" if n == 1 else pattern.format(level=noun)
             name = s.kn.display(won[0].name)
             key = "instance" if name == level else "instance_other_level"
-            out.append(("instance", f"inst:{level}:{ref}", _pair(rng, tpl[key], "instance", [won[0].local_id], ref=ref, a_name=_article(name))))
-            if len(rows) == 1:
+            w.add("instance", f"inst:{level}:{ref}", key, [won[0].local_id], ref=ref, a_name=_article(name))
+            if n == 1:
                 break
-    return out
 
 
-def _part(s: _Scene, tpl: Mapping[str, Any], rng: random.Random, unit: Mapping[str, Any]) -> list[Candidate]:
-    out: list[Candidate] = []
+def _part(s: _Scene, w: _Writer, unit: Mapping[str, Any]) -> None:
     parts_of: dict[int, dict[str, list[TableRow]]] = {}
     for r in s.rows:
         if r.is_part and r.parent_local_id is not None and not r.iscrowd:
             parts_of.setdefault(r.parent_local_id, {}).setdefault(s.kn.display(r.name), []).append(r)
     for parent in s.wholes:
-        if parent.local_id not in parts_of or parent.iscrowd:
-            continue
         cat = s.kn.display(parent.name)
-        if cat in s.crowd_cats:
-            continue  # a crowd of the same category could hold the "leftmost" one
+        if parent.local_id not in parts_of or parent.iscrowd or cat in s.crowd_cats:
+            continue  # a crowd of the parent's category could hold "the leftmost" one
         siblings = s.by_cat[cat]
         refs = [f"the {cat}"] if len(siblings) == 1 else []
-        for sup, pattern in sorted(tpl["parent_superlatives"].items()):
+        for sup, pattern in sorted(w.tpl["parent_superlatives"].items()):
             won = _winners(sup, siblings, 1, s) if len(siblings) > 1 else None
             if won and won[0].local_id == parent.local_id:
                 refs.append(pattern.format(name=cat))
         for parent_ref in refs:
             for part, rows in sorted(parts_of[parent.local_id].items()):
-                ids = [r.local_id for r in rows]
-                key = "one" if len(rows) == 1 else "many"
-                out.append(("part", f"part:{parent.local_id}:{part}", _pair(rng, tpl[key], "part", ids, part=part, parts=s.kn.plural(part), count=_count_word(len(rows)), parent_ref=parent_ref)))
-    return out
+                n = len(rows)
+                fields = {"part": part, "parts": s.kn.plural(part), "count": _count_word(n), "parent_ref": parent_ref}
+                w.add(
+                    "part",
+                    f"part:{parent.local_id}:{part}",
+                    "one" if n == 1 else "many",
+                    [r.local_id for r in rows],
+                    **fields,
+                )
 
 
-_GENERATORS: dict[str, Callable[[_Scene, Mapping[str, Any], random.Random, Mapping[str, Any]], list[Candidate]]] = {
+_GENERATORS: dict[str, Callable[[_Scene, _Writer, Mapping[str, Any]], None]] = {
     "hallucination": _hallucination,
     "multi_object": _multi_object,
     "reasoning": _reasoning,
@@ -291,13 +302,16 @@ def template_response(unit: Mapping[str, Any], spec: PromptSpec, knowledge: Know
     rng = random.Random(unit_seed(unit))
     rows = build_object_table(list(unit.get("objects") or []))
     scene = _Scene(rows, knowledge, float(unit.get("width") or 1), float(unit.get("height") or 1))
-    cands = _GENERATORS[spec.task](scene, spec.template, rng, unit)
+    writer = _Writer(spec.template, rng)
+    _GENERATORS[spec.task](scene, writer, unit)
     allowed = set(spec.subtypes)
-    pairs = _select([c for c in cands if c[0] in allowed], max(0, n_pairs), rng)
+    pairs = _select([c for c in writer.out if c[0] in allowed], max(0, n_pairs), rng)
     return json.dumps({ANSWER_PAIRS: pairs}, ensure_ascii=False)
 
 
-def template_respond_batch(batch: dict[str, list[Any]], specs: dict[str, PromptSpec], knowledge: Knowledge, n_pairs: int) -> dict[str, list[Any]]:
+def template_respond_batch(
+    batch: dict[str, list[Any]], specs: dict[str, PromptSpec], knowledge: Knowledge, n_pairs: int
+) -> dict[str, list[Any]]:
     """Add TEACHER_OUT_FIELDS to a column -> list batch of units (no pandas / numpy needed).
 
     Token counts are approximations, documented as such: whitespace-separated words of the text a

@@ -61,7 +61,7 @@ def decode_sample_mask(mask: dict) -> np.ndarray:
 def outcomes_by_unit(raw: pa.Table) -> dict[str, str]:
     keys = raw.column("gen_key").to_pylist()
     assert len(keys) == len(set(keys)), "a unit appears twice in the ledger"
-    return dict(zip(keys, raw.column("outcome").to_pylist()))
+    return dict(zip(keys, raw.column("outcome").to_pylist(), strict=False))
 
 
 def keys_of(table: pa.Table) -> dict[str, int]:

@@ -100,14 +100,18 @@ def build_tokenizer(out_dir: str, vocab_size: int = 600, extra_text: str = "") -
     return fast
 
 
-def _steer_towards_short_strings(model: Any, tokenizer: Any, lm_head: Any, embed: Any) -> None:
+def _steer_towards_short_strings(
+    model: Any, tokenizer: Any, lm_head: Any, embed: Any, scale: float = 2.5
+) -> None:
     """Make closing tokens likely so random-weight JSON stays short (see module doc).
 
     The text weights are first re-drawn at unit scale (the default 0.02 init makes every logit
     ~0, so the output would not depend on the prompt at all). Residual dimension 0 is then a
     constant in every token embedding and no layer writes into it, so after the final norm it is a
     positive number; column 0 of the LM head turns it into a fixed per-token bias on top of the
-    prompt-dependent logits.
+    prompt-dependent logits. `scale` 2.5 was tuned by hand: at 1.0 strings ran past 500 tokens, at
+    3.0 every prompt gave the same answer; at 2.5 a 3-pair answer takes ~200 tokens and differs
+    between prompts.
     """
     import torch
 
@@ -127,7 +131,6 @@ def _steer_towards_short_strings(model: Any, tokenizer: Any, lm_head: Any, embed
         elif text.startswith(("]", "}")):  # closes an array / object
             pref[idx] = 0.5
     pref[tokenizer.convert_tokens_to_ids("<|im_end|>")] = 2.0
-    scale = float(os.environ.get("TINY_PREF", "2.0"))
     with torch.no_grad():
         embed.weight[:, 0] = 1.0
         for name, p in model.named_parameters():
@@ -185,6 +188,7 @@ def build_tiny_qwen2_vl(out_dir: str, seed: int = 0, extra_text: str = "") -> st
         Qwen2VLForConditionalGeneration,
         Qwen2VLImageProcessor,
         Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
     )
 
     os.makedirs(out_dir, exist_ok=True)
@@ -214,7 +218,13 @@ def build_tiny_qwen2_vl(out_dir: str, seed: int = 0, extra_text: str = "") -> st
     GenerationConfig(eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]).save_pretrained(out_dir)
     # Small pixel budget: a test image becomes a handful of vision tokens.
     image_processor = Qwen2VLImageProcessor(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
-    processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tok, chat_template=CHAT_TEMPLATE)
+    video_processor = Qwen2VLVideoProcessor(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
+    processor = Qwen2VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        video_processor=video_processor,
+        chat_template=CHAT_TEMPLATE,
+    )
     processor.save_pretrained(out_dir)
     return out_dir
 

@@ -35,7 +35,9 @@ class RleGeometry:
         self._bbox: dict[int, list[float]] = {}
         if self._ids:
             rles = [self._rles[i] for i in self._ids]
-            for lid, a, b in zip(self._ids, mask_utils.area(rles).tolist(), mask_utils.toBbox(rles).tolist()):
+            for lid, a, b in zip(
+                self._ids, mask_utils.area(rles).tolist(), mask_utils.toBbox(rles).tolist(), strict=True
+            ):
                 self._area[lid] = float(a)
                 self._bbox[lid] = [float(v) for v in b]
         self._inside: dict[tuple[int, int], float] = {}

@@ -24,7 +24,7 @@ _POSSESSIVE = re.compile(r"'s\b|’s\b")
 # Tokens a near-duplicate comparison ignores: "Segment the dogs." == "find all the dogs in this
 # image" is not a new instruction, but "left" vs "right" must still differ.
 _DUP_STOPWORDS = frozenset(
-    "the a an of please all this these those image picture photo scene segment find show highlight"
+    "the a an of in please all this these those image picture photo scene segment find show highlight"
     " locate select identify mark point out me can you see visible".split()
 )
 
@@ -80,9 +80,7 @@ class Lexicon:
         for w, members in groups.items():
             _add(terms, w, set(members))
         self.terms: dict[str, Term] = {
-            t: Term(frozenset(cs), t not in singular, bool(knowledge.is_group(t)))
-            for t, (cs, _) in terms.items()
-            if cs
+            t: Term(frozenset(cs), t not in singular, bool(knowledge.is_group(t))) for t, (cs, _) in terms.items() if cs
         }
         self.max_words = max((len(t.split()) for t in self.terms), default=1)
         self._canon: dict[str, str] = {}
@@ -147,7 +145,7 @@ def _add(terms: dict[str, tuple[set[str], bool]], text: str, cats: set[str]) -> 
     entry[0].update(cats)
 
 
-_LEXICONS: "weakref.WeakKeyDictionary[Any, Lexicon]" = weakref.WeakKeyDictionary()
+_LEXICONS: weakref.WeakKeyDictionary[Any, Lexicon] = weakref.WeakKeyDictionary()
 
 
 def lexicon_for(knowledge: Any) -> Lexicon:

@@ -59,9 +59,7 @@ def _strip_wrappers(text: str) -> str:
     return t[start:] if end < start else t[start : end + 1]
 
 
-def parse_response(
-    response: str | None, finish_reason: str | None, lenient: bool = True
-) -> list[Any] | ResponseReject:
+def parse_response(response: str | None, finish_reason: str | None, lenient: bool = True) -> list[Any] | ResponseReject:
     """The `pairs` list of a response, or the whole-response reject.
 
     Order: a `length` finish is `truncated` whatever the text (the teacher was cut off, so even a

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import pyarrow as pa
 
 from pipelines.filters.check_unit import check_unit
-from pipelines.filters.settings import FilterSettings, filter_version
+from pipelines.filters.settings import FilterSettings, coerce_settings, filter_version
 from schemas.columns import (
     OUTCOME_ACCEPTED,
     OUTCOME_ERROR,
@@ -111,11 +111,11 @@ def check_one(
 class CheckUnits:
     """Ray Data actor stage: parse + mask-consistency filters over a batch of units."""
 
-    def __init__(self, settings: FilterSettings, teacher_label: str) -> None:
-        self.settings = settings
+    def __init__(self, settings: Any, teacher_label: str) -> None:
+        self.settings = coerce_settings(settings)
         self.knowledge = load_knowledge()
         self.teacher = teacher_label
-        self.fversion = filter_version(settings)
+        self.fversion = filter_version(self.settings, self.knowledge)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         cols = [c for c in batch.column_names if c != "teacher_image"]  # pixels are not needed here

@@ -51,7 +51,8 @@ class ReadImages:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         data, errs, details = [], [], []
-        for uri, img_err in zip(batch.column("image_uri").to_pylist(), batch.column("image_error").to_pylist()):
+        uris, img_errs = batch.column("image_uri").to_pylist(), batch.column("image_error").to_pylist()
+        for uri, img_err in zip(uris, img_errs, strict=True):
             if img_err:  # annotation problems: don't even read the image
                 data.append(None)
                 errs.append(None)

@@ -1,0 +1,457 @@
+"""The embedded sample dataset: drawn scenes with COCO-, PACO-LVIS- and LVIS-style annotations.
+
+Why drawn scenes: the default run and the tests need real images whose annotations match the pixels,
+made offline in seconds. Each object is a few coloured polygons ("pieces") over a plain background,
+and it is painted through the very mask pycocotools rasterises from those polygons, so a decoded
+annotation equals the painted pixels exactly (PNG) or up to JPEG noise at the edges. Objects never
+overlap each other; parts are pieces of their object, so a part mask always lies inside its parent.
+Everything comes from seeded `random.Random` streams: the same seed gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+from pycocotools import mask as mask_utils
+
+SAMPLE_VERSION = 1
+MARKER_NAME = ".groundv_sample.json"
+
+# Object colours, named after PACO colour attributes; every background colour is > 60 per channel
+# away from all of them, so a pixel's colour says whether it belongs to an object (tests rely on it).
+OBJECT_COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (200, 30, 30), "blue": (30, 60, 200), "light_blue": (110, 190, 250), "green": (30, 140, 50),
+    "yellow": (235, 205, 30), "orange": (240, 130, 20), "light_orange": (245, 190, 150),
+    "brown": (110, 60, 25), "light_brown": (200, 150, 90), "black": (20, 20, 20),
+    "white": (250, 250, 250), "pink": (235, 110, 170), "purple": (120, 50, 150),
+}
+BACKGROUND_COLOURS: dict[str, tuple[int, int, int]] = {
+    "wall": (155, 235, 160), "grass": (115, 145, 65), "tiles": (100, 180, 150), "post": (35, 50, 112),
+}
+
+# name: (COCO id, COCO supercategory, LVIS name, LVIS synonyms, in PACO, width / height, colours)
+CATEGORIES: dict[str, tuple[int, str, str, list[str], bool, float, list[str]]] = {
+    "person": (1, "person", "person", ["human", "man", "woman"], False, 0.45,
+               ["red", "blue", "green", "yellow", "purple", "orange", "white", "pink"]),
+    "bicycle": (2, "vehicle", "bicycle", ["bike_(bicycle)"], True, 1.7, ["red", "blue", "green", "orange"]),
+    "car": (3, "vehicle", "car_(automobile)", ["auto_(automobile)", "automobile"], True, 2.2,
+            ["red", "blue", "green", "yellow", "white", "black"]),
+    "cat": (17, "animal", "cat", [], False, 1.3, ["orange", "black", "white", "light_brown"]),
+    "dog": (18, "animal", "dog", [], True, 1.6, ["brown", "black", "white", "light_brown"]),
+    "bottle": (44, "kitchen", "bottle", [], True, 0.38, ["green", "brown", "blue", "light_blue"]),
+    "cup": (47, "kitchen", "cup", [], True, 1.1, ["red", "blue", "white", "yellow", "green", "pink"]),
+    "bowl": (51, "kitchen", "bowl", [], True, 2.0, ["white", "blue", "yellow", "red", "pink"]),
+    "banana": (52, "food", "banana", [], False, 2.4, ["yellow", "green"]),
+    "apple": (53, "food", "apple", [], False, 1.0, ["red", "green", "yellow"]),
+    "chair": (62, "furniture", "chair", [], True, 0.7, ["brown", "light_brown", "red", "black", "blue"]),
+}
+PARTS: dict[str, tuple[str, ...]] = {
+    "cup": ("body", "rim", "handle"), "chair": ("back", "seat", "leg"),
+    "car": ("window", "door", "wheel"), "bottle": ("body", "neck", "cap"),
+}
+MATERIALS = {"cup": "ceramic", "bowl": "ceramic", "bottle": "glass", "chair": "wood", "car": "metal",
+             "bicycle": "metal"}
+# Categories of each file that never appear in the drawings (negatives / COCO absents).
+EXTRA_COCO = [(19, "horse", "animal"), (28, "umbrella", "accessory"), (73, "laptop", "electronic")]
+EXTRA_LVIS = {"horse": [], "umbrella": [], "laptop_computer": ["laptop"], "mug": [],
+              "glass_(drink_container)": ["drinking_glass"], "pan_(for_cooking)": ["cooking_pan"],
+              "mouse_(computer_equipment)": ["computer_mouse"]}
+EXTRA_PACO = ["mug", "glass_(drink_container)", "pan_(for_cooking)"]
+PACO_ATTRIBUTE_TYPES: dict[str, list[str]] = {  # PACO's 59 attributes in PACO's id order
+    "color": ["black", "light_blue", "blue", "dark_blue", "light_brown", "brown", "dark_brown", "light_green",
+              "green", "dark_green", "light_grey", "grey", "dark_grey", "light_orange", "orange", "dark_orange",
+              "light_pink", "pink", "dark_pink", "light_purple", "purple", "dark_purple", "light_red", "red",
+              "dark_red", "white", "light_yellow", "yellow", "dark_yellow", "other(color)"],
+    "pattern_marking": ["plain", "striped", "dotted", "checkered", "woven", "studded", "perforated", "floral",
+                        "other(pattern_marking)", "logo", "text"],
+    "material": ["stone", "wood", "rattan", "fabric", "crochet", "wool", "leather", "velvet", "metal", "paper",
+                 "plastic", "glass", "ceramic", "other(material)"],
+    "transparency": ["opaque", "translucent", "transparent", "other(transparency)"],
+}
+THEMES = [  # (background floor, [(category, min count, max count, height range as a fraction of H)])
+    ("grass", [("car", 1, 2, (0.16, 0.24)), ("bicycle", 0, 2, (0.18, 0.26)), ("person", 1, 3, (0.3, 0.5)),
+               ("dog", 0, 2, (0.14, 0.24))]),
+    ("tiles", [("cup", 2, 4, (0.1, 0.17)), ("bottle", 1, 3, (0.18, 0.3)), ("bowl", 1, 2, (0.07, 0.11)),
+               ("banana", 0, 2, (0.06, 0.09)), ("apple", 1, 3, (0.07, 0.11))]),
+    ("tiles", [("chair", 1, 3, (0.28, 0.4)), ("cat", 1, 2, (0.12, 0.2)), ("dog", 0, 1, (0.14, 0.24)),
+               ("person", 0, 1, (0.3, 0.45)), ("cup", 1, 2, (0.1, 0.15))]),
+]
+SIZES = [(320, 240), (400, 300), (256, 320), (360, 270), (320, 320)]
+
+Piece = tuple[str | None, list[float], str]  # (part name or None, polygon x0,y0,x1,y1..., colour name)
+
+
+def ensure_sample_dataset(root: str, num_images: int = 24, seed: int = 0) -> list[dict[str, str]]:
+    """Generate the sample dataset under `root` unless its marker says it exists; return its sources.
+
+    Sources are `{"name", "format", "annotations", "images"}`: coco_sample, paco_sample, lvis_sample,
+    all over the same image folder. The marker records the parameters, so other ones regenerate.
+    """
+    base = Path(root)
+    ann_dir, img_dir = base / "annotations", base / "images"
+    sources = [
+        {"name": f"{fmt}_sample", "format": fmt, "annotations": str(ann_dir / f"{fmt}_sample.json"),
+         "images": str(img_dir)}
+        for fmt in ("coco", "paco", "lvis")
+    ]
+    marker = base / MARKER_NAME
+    wanted = {"version": SAMPLE_VERSION, "num_images": num_images, "seed": seed}
+    if marker.exists() and json.loads(marker.read_text()) == wanted:
+        return sources
+    img_dir.mkdir(parents=True, exist_ok=True)
+    ann_dir.mkdir(parents=True, exist_ok=True)
+    scenes = [_scene(i, seed) for i in range(num_images)]
+    for scene in scenes:
+        _atomic_write(img_dir / scene["file_name"], scene.pop("image_bytes"))
+    for src, doc in zip(sources, (_coco_json(scenes), _paco_json(scenes, seed), _lvis_json(scenes, seed))):
+        _atomic_write(Path(src["annotations"]), json.dumps(doc, separators=(",", ":")).encode())
+    _atomic_write(marker, json.dumps(wanted).encode())  # last: its presence means "complete"
+    return sources
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    # Readers (or a concurrent generation) never see a half-written file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- shapes -------------------------------
+def _rect(x0: float, y0: float, x1: float, y1: float) -> list[float]:
+    return [x0, y0, x1, y0, x1, y1, x0, y1]
+
+
+def _ellipse(cx: float, cy: float, rx: float, ry: float, n: int = 16, t0: float = 0.0,
+             t1: float = 2 * math.pi) -> list[float]:
+    full = math.isclose(t1 - t0, 2 * math.pi)
+    ts = [t0 + (t1 - t0) * k / (n if full else n - 1) for k in range(n)]
+    return [v for t in ts for v in (cx + rx * math.cos(t), cy + ry * math.sin(t))]
+
+
+def _bar(x0: float, y0: float, x1: float, y1: float, width: float) -> list[float]:
+    length = math.hypot(x1 - x0, y1 - y0) or 1.0
+    nx, ny = -(y1 - y0) / length * width / 2, (x1 - x0) / length * width / 2
+    return [x0 + nx, y0 + ny, x1 + nx, y1 + ny, x1 - nx, y1 - ny, x0 - nx, y0 - ny]
+
+
+def _pieces(cat: str, x: float, y: float, w: float, h: float, rng: random.Random) -> tuple[list[Piece], str]:
+    """The polygons of one object in its box, in painting order, and its main colour."""
+    c = rng.choice(CATEGORIES[cat][6])
+    other = rng.choice([k for k in ("red", "white", "black", "yellow", "blue") if k != c])
+    if cat == "person":
+        r = min(0.3 * w, 0.11 * h)
+        legs = rng.choice(["blue", "black", "brown"])
+        return [(None, _ellipse(x + w / 2, y + r, r, r), "light_orange"),
+                (None, _rect(x + 0.1 * w, y + 2 * r, x + 0.9 * w, y + 0.6 * h), c),
+                (None, _rect(x + 0.15 * w, y + 0.6 * h, x + 0.45 * w, y + h), legs),
+                (None, _rect(x + 0.55 * w, y + 0.6 * h, x + 0.85 * w, y + h), legs)], c
+    if cat == "dog":
+        legs = [(None, _rect(x + f * w, y + 0.6 * h, x + (f + 0.07) * w, y + h), c) for f in (0.18, 0.3, 0.62, 0.72)]
+        return [(None, _rect(x + 0.15 * w, y + 0.3 * h, x + 0.8 * w, y + 0.68 * h), c),
+                (None, _rect(x + 0.74 * w, y + 0.05 * h, x + w, y + 0.42 * h), c),
+                (None, _bar(x + 0.17 * w, y + 0.36 * h, x + 0.05 * w, y + 0.12 * h, max(2.0, 0.07 * h)), c),
+                *legs], c
+    if cat == "cat":
+        r = 0.2 * h
+        hx, hy = x + 0.99 * w - r, y + 0.45 * h
+        ears = [[hx - 0.9 * r, hy - 0.45 * r, hx - 0.55 * r, y, hx - 0.15 * r, hy - 0.9 * r],
+                [hx + 0.15 * r, hy - 0.9 * r, hx + 0.55 * r, y, hx + 0.9 * r, hy - 0.45 * r]]
+        return [(None, _ellipse(x + 0.45 * w, y + 0.68 * h, 0.36 * w, 0.3 * h), c),
+                (None, _bar(x + 0.12 * w, y + 0.7 * h, x + 0.04 * w, y + 0.3 * h, max(2.0, 0.07 * h)), c),
+                (None, _ellipse(hx, hy, r, r), c), *[(None, e, c) for e in ears]], c
+    if cat == "car":
+        return [(None, _rect(x, y + 0.4 * h, x + w, y + 0.8 * h), c),
+                (None, [x + 0.2 * w, y + 0.42 * h, x + 0.3 * w, y, x + 0.7 * w, y, x + 0.82 * w, y + 0.42 * h], c),
+                ("window", [x + 0.27 * w, y + 0.36 * h, x + 0.335 * w, y + 0.08 * h, x + 0.48 * w, y + 0.08 * h,
+                            x + 0.48 * w, y + 0.36 * h], "light_blue"),
+                ("window", [x + 0.52 * w, y + 0.36 * h, x + 0.52 * w, y + 0.08 * h, x + 0.67 * w, y + 0.08 * h,
+                            x + 0.75 * w, y + 0.36 * h], "light_blue"),
+                ("door", _rect(x + 0.3 * w, y + 0.44 * h, x + 0.5 * w, y + 0.76 * h), other),
+                ("wheel", _ellipse(x + 0.22 * w, y + 0.8 * h, 0.2 * h, 0.2 * h), "black"),
+                ("wheel", _ellipse(x + 0.78 * w, y + 0.8 * h, 0.2 * h, 0.2 * h), "black")], c
+    if cat == "bicycle":
+        r, bw = 0.32 * h, max(2.0, 0.06 * h)
+        cy = y + h - r
+        a, b, cc = (x + r, cy), (x + w - r, cy), (x + 0.47 * w, cy)
+        d, e = (x + 0.38 * w, y + 0.3 * h), (x + 0.72 * w, y + 0.22 * h)
+        bars = [(None, _bar(*p, *q, bw), c) for p, q in ((a, d), (d, cc), (cc, a), (d, e), (e, cc), (e, b))]
+        return [(None, _ellipse(*a, r, r), "black"), (None, _ellipse(*b, r, r), "black"), *bars,
+                (None, _rect(x + 0.3 * w, y + 0.2 * h, x + 0.46 * w, y + 0.28 * h), "black"),
+                (None, _bar(*e, x + 0.66 * w, y + 0.04 * h, bw), c)], c
+    if cat == "cup":
+        bw = 0.72 * w
+        x0, x1, xi = x + 0.6 * w, x + w, x + 0.88 * w
+        y0, y1, y2, y3 = y + 0.28 * h, y + 0.4 * h, y + 0.62 * h, y + 0.74 * h
+        return [("body", [x, y + 0.12 * h, x + bw, y + 0.12 * h, x + bw - 0.08 * w, y + h, x + 0.08 * w, y + h], c),
+                ("rim", _rect(x, y, x + bw, y + 0.12 * h), "white" if c != "white" else "light_blue"),
+                ("handle", [x0, y0, x1, y0, x1, y3, x0, y3, x0, y2, xi, y2, xi, y1, x0, y1], c)], c
+    if cat == "bottle":
+        neck = [x + 0.3 * w, y + 0.14 * h, x + 0.7 * w, y + 0.14 * h, x + 0.7 * w, y + 0.3 * h, x + w, y + 0.42 * h,
+                x, y + 0.42 * h, x + 0.3 * w, y + 0.3 * h]
+        return [("body", _rect(x, y + 0.42 * h, x + w, y + h), c), ("neck", neck, c),
+                ("cap", _rect(x + 0.26 * w, y, x + 0.74 * w, y + 0.14 * h), other)], c
+    if cat == "bowl":
+        return [(None, _ellipse(x + w / 2, y, w / 2, h, n=13, t0=0.0, t1=math.pi), c)], c
+    if cat == "chair":
+        legs = "black" if c != "black" else "brown"
+        return [("back", _rect(x, y, x + 0.16 * w, y + 0.56 * h), c),
+                ("seat", _rect(x, y + 0.5 * h, x + w, y + 0.62 * h), c),
+                ("leg", _rect(x + 0.02 * w, y + 0.62 * h, x + 0.14 * w, y + h), legs),
+                ("leg", _rect(x + 0.86 * w, y + 0.62 * h, x + 0.98 * w, y + h), legs)], c
+    if cat == "banana":
+        outer = _ellipse(x + w / 2, y, 0.5 * w, h, n=12, t0=0.06 * math.pi, t1=0.94 * math.pi)
+        inner = _ellipse(x + w / 2, y, 0.4 * w, 0.55 * h, n=12, t0=0.94 * math.pi, t1=0.06 * math.pi)
+        return [(None, outer + inner, c)], c
+    # apple
+    return [(None, _ellipse(x + 0.5 * w, y + 0.58 * h, 0.42 * h, 0.42 * h), c),
+            (None, _rect(x + 0.46 * w, y, x + 0.54 * w, y + 0.22 * h), "brown"),
+            (None, [x + 0.54 * w, y + 0.14 * h, x + 0.8 * w, y + 0.02 * h, x + 0.74 * w, y + 0.16 * h], "green")], c
+
+
+def _clip_x(coords: list[float], a: float, keep_left: bool) -> list[float]:
+    """Sutherland-Hodgman clip of a polygon to x <= a (or x >= a); [] when nothing is left."""
+    pts = list(zip(coords[::2], coords[1::2]))
+    inside = (lambda p: p[0] <= a) if keep_left else (lambda p: p[0] >= a)
+    out: list[tuple[float, float]] = []
+    for i, cur in enumerate(pts):
+        prev = pts[i - 1]
+        if inside(cur) != inside(prev):
+            t = (a - prev[0]) / (cur[0] - prev[0])
+            out.append((a, prev[1] + t * (cur[1] - prev[1])))
+        if inside(cur):
+            out.append(cur)
+    area = 0.5 * abs(sum(p[0] * q[1] - q[0] * p[1] for p, q in zip(out, out[1:] + out[:1])))
+    return [v for p in out for v in p] if len(out) >= 3 and area >= 1.0 else []
+
+
+# ---------------------------------------------------------------- scenes -------------------------------
+def _scene(index: int, seed: int) -> dict[str, Any]:
+    """One image: drawn pixels plus its objects with polygons and painted masks."""
+    rng = random.Random(f"groundv-sample:{seed}:{index}")  # per image: image i never depends on N
+    width, height = SIZES[index % len(SIZES)]
+    floor, plan = THEMES[index % len(THEMES)]
+    horizon = int(height * 0.38)
+    boxes: list[tuple[float, float, float, float]] = []
+    objects: list[dict[str, Any]] = []
+
+    def place(w: float, h: float) -> tuple[float, float] | None:
+        for _ in range(80):
+            x, bottom = rng.uniform(2, width - w - 2), rng.uniform(horizon + 4, height - 2)
+            y = bottom - h
+            if x >= 2 and y >= 2 and all(x > bx + bw + 4 or bx > x + w + 4 or y > by + bh + 4 or by > y + h + 4
+                                         for bx, by, bw, bh in boxes):
+                boxes.append((x, y, w, h))
+                return x, y
+        return None
+
+    if index == 0:  # the one crowd region of the file: a row of small people by the horizon
+        fh = 0.14 * height
+        n = rng.randint(7, 9)
+        spot = place(0.35 * fh * (n - 1) + 0.45 * fh, fh)
+        if spot is not None:
+            pieces = [p for k in range(n) for p in _pieces("person", spot[0] + 0.35 * fh * k, spot[1],
+                                                           0.45 * fh, fh, rng)[0]]
+            objects.append({"cat": "person", "pieces": pieces, "colour": None, "crowd": True})
+    for cat, lo, hi, (hmin, hmax) in plan:
+        for _ in range(rng.randint(lo, hi)):
+            h = rng.uniform(hmin, hmax) * height
+            w = h * CATEGORIES[cat][5]
+            spot = place(w, h)
+            if spot is not None:
+                pieces, colour = _pieces(cat, spot[0], spot[1], w, h, rng)
+                objects.append({"cat": cat, "pieces": pieces, "colour": colour, "crowd": False})
+
+    image = Image.new("RGB", (width, height), BACKGROUND_COLOURS["wall"])
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([0, horizon, width, height], fill=BACKGROUND_COLOURS[floor])
+    if index % 6 == 1 and objects:
+        # A post in front of the widest object splits it in two: a multi-polygon annotation.
+        k = max(range(len(objects)), key=lambda j: boxes[j][2])  # boxes[j] is objects[j]'s box
+        bx, _, bw, _ = boxes[k]
+        cx, half = bx + bw / 2, 3.0
+        draw.rectangle([cx - half, 0, cx + half, height], fill=BACKGROUND_COLOURS["post"])
+        objects[k]["pieces"] = [(part, clipped, col) for part, poly, col in objects[k]["pieces"]
+                                for clipped in (_clip_x(poly, cx - half, True), _clip_x(poly, cx + half, False))
+                                if clipped]
+    for obj in objects:
+        obj["pieces"] = [(part, [round(v, 1) for v in poly], col) for part, poly, col in obj["pieces"]]
+    canvas = np.array(image)
+    owner = np.full((height, width), -1, dtype=np.int32)  # index into `owners` of the painted piece
+    owners: list[tuple[int, str | None]] = []
+    for k, obj in enumerate(objects):
+        for part, poly, colour in obj["pieces"]:
+            m = mask_utils.decode(mask_utils.frPyObjects([poly], height, width)[0]).astype(bool)
+            canvas[m] = OBJECT_COLOURS[colour]
+            owner[m] = len(owners)
+            owners.append((k, part))
+    obj_of = np.array([k for k, _ in owners] + [-1], dtype=np.int32)[owner]  # -1 indexes the sentinel
+    for k, obj in enumerate(objects):
+        obj["mask"] = obj_of == k
+        merged = mask_utils.merge(mask_utils.frPyObjects([p for _, p, _ in obj["pieces"]], height, width))
+        if not np.array_equal(mask_utils.decode(merged).astype(bool), obj["mask"]):
+            raise RuntimeError(f"sample image {index}: object {k} overlaps another one")  # a layout bug
+        obj["parts"] = {name: np.isin(owner, [j for j, (o, p) in enumerate(owners) if o == k and p == name])
+                        for name in PARTS.get(obj["cat"], ())}
+    ext = "png" if index % 2 == 0 else "jpg"
+    buf = io.BytesIO()
+    Image.fromarray(canvas).save(buf, format="PNG" if ext == "png" else "JPEG", quality=90)
+    return {"id": index + 1, "file_name": f"{index + 1:012d}.{ext}", "width": width, "height": height,
+            "objects": objects, "image_bytes": buf.getvalue()}
+
+
+# ---------------------------------------------------------------- annotation files ---------------------
+def _rle(mask: np.ndarray) -> dict[str, Any]:
+    return mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+
+
+def _uncompressed(mask: np.ndarray) -> list[int]:
+    # COCO crowd format: run lengths over the column-major pixels, starting with a run of zeros.
+    flat = mask.flatten(order="F").astype(np.int8)
+    bounds = np.concatenate(([0], np.flatnonzero(np.diff(flat)) + 1, [flat.size]))
+    runs = np.diff(bounds).tolist()
+    return ([0] + runs) if flat[0] else runs
+
+
+def _poly_bbox(polys: list[list[float]]) -> list[float]:
+    xs = [v for p in polys for v in p[::2]]
+    ys = [v for p in polys for v in p[1::2]]
+    return [round(min(xs), 2), round(min(ys), 2), round(max(xs) - min(xs), 2), round(max(ys) - min(ys), 2)]
+
+
+def _image_entry(s: dict[str, Any]) -> dict[str, Any]:
+    return {"id": s["id"], "file_name": s["file_name"], "width": s["width"], "height": s["height"], "license": 1,
+            "coco_url": f"http://images.cocodataset.org/sample2017/{s['file_name']}",
+            "date_captured": "2017-01-01 00:00:00"}
+
+
+def _coco_json(scenes: list[dict[str, Any]]) -> dict[str, Any]:
+    cats = sorted([(v[0], k, v[1]) for k, v in CATEGORIES.items()] + EXTRA_COCO)
+    anns: list[dict[str, Any]] = []
+    for s in scenes:
+        for obj in s["objects"]:
+            polys = [p for _, p, _ in obj["pieces"]]
+            ann = {"id": len(anns) + 1, "image_id": s["id"], "category_id": CATEGORIES[obj["cat"]][0],
+                   "segmentation": polys, "area": float(obj["mask"].sum()), "bbox": _poly_bbox(polys),
+                   "iscrowd": 0}
+            if obj["crowd"]:
+                ann.update(segmentation={"counts": _uncompressed(obj["mask"]), "size": [s["height"], s["width"]]},
+                           bbox=mask_utils.toBbox(_rle(obj["mask"])).tolist(), iscrowd=1)
+            anns.append(ann)
+    return {"info": {"description": "Ground-V sample (drawn scenes), COCO instances format", "version": "1"},
+            "licenses": [{"id": 1, "name": "CC0", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}],
+            "images": [_image_entry(s) for s in scenes], "annotations": anns,
+            "categories": [{"id": i, "name": n, "supercategory": sup} for i, n, sup in cats]}
+
+
+def _lvis_ids() -> dict[str, int]:
+    names = sorted({v[2] for v in CATEGORIES.values()} | set(EXTRA_LVIS))
+    return {n: i + 1 for i, n in enumerate(names)}  # LVIS ids follow the alphabetical name order
+
+
+def _negatives(rng: random.Random, present: set[int], candidates: list[int]) -> tuple[list[int], list[int]]:
+    absent = [c for c in candidates if c not in present]
+    neg = sorted(rng.sample(absent, min(len(absent), rng.randint(2, 3))))
+    not_exhaustive = sorted(rng.sample(sorted(present), 1)) if present and rng.random() < 0.3 else []
+    return neg, not_exhaustive
+
+
+def _lvis_json(scenes: list[dict[str, Any]], seed: int) -> dict[str, Any]:
+    ids = _lvis_ids()
+    synonyms = {**EXTRA_LVIS, **{v[2]: v[3] for v in CATEGORIES.values()}}
+    lvis_of = {k: ids[v[2]] for k, v in CATEGORIES.items()}
+    images, anns = [], []
+    for s in scenes:
+        rng = random.Random(f"groundv-sample-lvis:{seed}:{s['id']}")
+        present = {lvis_of[o["cat"]] for o in s["objects"] if not o["crowd"]}
+        neg, not_exhaustive = _negatives(rng, present, sorted(ids.values()))
+        if any(o["crowd"] for o in s["objects"]):  # LVIS skips crowds: persons there are not exhaustive
+            not_exhaustive = sorted(set(not_exhaustive) | {lvis_of["person"]})
+        entry = {k: v for k, v in _image_entry(s).items() if k != "file_name"}  # LVIS v1: coco_url only
+        images.append({**entry, "neg_category_ids": neg, "not_exhaustive_category_ids": not_exhaustive})
+        for obj in s["objects"]:
+            if obj["crowd"]:
+                continue
+            polys = [p for _, p, _ in obj["pieces"]]
+            anns.append({"id": len(anns) + 1, "image_id": s["id"], "category_id": lvis_of[obj["cat"]],
+                         "segmentation": polys, "area": float(obj["mask"].sum()), "bbox": _poly_bbox(polys)})
+    counts = {i: [0, set()] for i in ids.values()}
+    for a in anns:
+        counts[a["category_id"]][0] += 1
+        counts[a["category_id"]][1].add(a["image_id"])
+    cats = [{"id": i, "name": n, "synonyms": [n, *synonyms[n]], "def": f"sample category {n}",
+             "synset": f"{n.split('_(')[0]}.n.01", "frequency": "f" if counts[i][0] >= 10 else "c",
+             "instance_count": counts[i][0], "image_count": len(counts[i][1])} for n, i in ids.items()]
+    return {"info": {"description": "Ground-V sample (drawn scenes), LVIS v1 format"}, "images": images,
+            "annotations": anns, "categories": cats, "licenses": [{"id": 1, "name": "CC0"}]}
+
+
+def _paco_json(scenes: list[dict[str, Any]], seed: int) -> dict[str, Any]:
+    ids = _lvis_ids()
+    paco_cats = {k: v[2] for k, v in CATEGORIES.items() if v[4]}
+    obj_ids = sorted(ids[n] for n in [*paco_cats.values(), *EXTRA_PACO])
+    part_ids = {f"{paco_cats[c]}:{p}": 2000 + i
+                for i, (c, p) in enumerate((c, p) for c in sorted(PARTS) for p in PARTS[c])}
+    attrs = [n for names in PACO_ATTRIBUTE_TYPES.values() for n in names]
+    attr_id = {n: i for i, n in enumerate(attrs)}
+    images, anns = [], []
+
+    def attributes(rng: random.Random, colour: str, material: str | None) -> dict[str, Any]:
+        if rng.random() < 0.3:  # PACO labels attributes on a subset of boxes only
+            return {"attribute_ids": [], "dom_color_ids": [], "unknown_color": 1, "unknown_pattern_marking": 1,
+                    "unknown_material": 1, "unknown_transparency": 1}
+        glass = material == "glass"
+        extra = [attr_id[material]] if material else []
+        return {"attribute_ids": [attr_id[colour], attr_id["plain"], *extra,
+                                  attr_id["translucent" if glass else "opaque"]],
+                "dom_color_ids": [attr_id[colour]], "unknown_color": 0, "unknown_pattern_marking": 0,
+                "unknown_material": int(not material), "unknown_transparency": 0}
+
+    for s in scenes:
+        rng = random.Random(f"groundv-sample-paco:{seed}:{s['id']}")
+        objs = [o for o in s["objects"] if o["cat"] in paco_cats and not o["crowd"]]
+        if not objs or s["id"] % 4 == 0:  # PACO-LVIS covers a subset of the images
+            continue
+        for obj in objs:
+            oid = len(anns) + 1
+            rle = _rle(obj["mask"])
+            anns.append({"id": oid, "image_id": s["id"], "category_id": ids[paco_cats[obj["cat"]]],
+                         "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+                         "bbox": mask_utils.toBbox(rle).tolist(), "area": float(mask_utils.area(rle)),
+                         "obj_ann_id": oid, **attributes(rng, obj["colour"], MATERIALS.get(obj["cat"]))})
+            for part, pmask in obj["parts"].items():
+                if not pmask.any():
+                    continue
+                prle = _rle(pmask)
+                colour = next(col for p, _, col in obj["pieces"] if p == part)
+                material = "glass" if part == "window" else None if part == "wheel" else MATERIALS.get(obj["cat"])
+                anns.append({"id": len(anns) + 1, "image_id": s["id"],
+                             "category_id": part_ids[f"{paco_cats[obj['cat']]}:{part}"],
+                             "segmentation": {"size": prle["size"], "counts": prle["counts"].decode()},
+                             "bbox": mask_utils.toBbox(prle).tolist(), "area": float(mask_utils.area(prle)),
+                             "obj_ann_id": oid, **attributes(rng, colour, material)})
+        present = {ids[paco_cats[o["cat"]]] for o in objs}
+        neg, not_exhaustive = _negatives(rng, present, obj_ids)
+        absent_parts = [i for n, i in part_ids.items() if ids[n.split(":")[0]] not in present]
+        if absent_parts and rng.random() < 0.5:  # PACO negatives include object-part categories too
+            neg = sorted(neg + [rng.choice(absent_parts)])
+        images.append({**_image_entry(s), "neg_category_ids": neg, "not_exhaustive_category_ids": not_exhaustive,
+                       "neg_category_ids_attrs": [], "not_exhaustive_category_ids_attrs": []})
+    names = {i: n for n, i in ids.items()}
+    part_names = sorted({p for ps in PARTS.values() for p in ps})
+    return {
+        "info": {"description": "Ground-V sample (drawn scenes), PACO-LVIS format"},
+        "images": images, "annotations": anns,
+        "categories": [{"supercategory": "OBJECT", "id": i, "name": names[i], "frequency": "f"} for i in obj_ids]
+        + [{"supercategory": "PART", "id": i, "name": n} for n, i in part_ids.items()],
+        "part_categories": [{"supercategory": "PART", "id": i, "name": n} for i, n in enumerate(part_names)],
+        "attributes": [{"supercategory": "ATTR", "id": i, "name": n} for i, n in enumerate(attrs)],
+        "attr_type_to_attr_idxs": {t: [attr_id[n] for n in names] for t, names in PACO_ATTRIBUTE_TYPES.items()},
+    }
