@@ -22,7 +22,8 @@ def _table(header: list[str], rows: list[list[Any]], out: TextIO) -> None:
                         for i, (x, w) in enumerate(zip(r, widths, strict=False))), file=out)
 
 
-def print_plan(plan: Plan, out: TextIO = sys.stdout) -> None:
+def print_plan(plan: Plan, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
     print(f"plan: {plan.images_total} images ({plan.images_excluded} excluded), {plan.units_total} units; "
           f"{plan.units_to_generate} to generate", file=out)
     rows = []
@@ -38,10 +39,10 @@ class Progress:
     """Aggregates receipts as they arrive and prints one status line every `interval` seconds
     (readable in `ray job logs`)."""
 
-    def __init__(self, total_units: int, interval: float, out: TextIO = sys.stdout) -> None:
+    def __init__(self, total_units: int, interval: float, out: TextIO | None = None) -> None:
         self.total = total_units
         self.interval = interval
-        self.out = out
+        self.out = out or sys.stdout
         self.stats: dict[str, dict[str, Any]] = {}
         self.start = time.monotonic()
         self.last = self.start
@@ -61,7 +62,8 @@ class Progress:
                 f"teacher {t['output_tokens'] / el:.0f} out-tok/s  {el:.0f}s")
 
 
-def print_summary(manifest: Any, manifest_path: str, plan: Plan, out: TextIO = sys.stdout) -> None:
+def print_summary(manifest: Any, manifest_path: str, plan: Plan, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
     st = manifest.stats
     per = st["tasks"]
     rows = []

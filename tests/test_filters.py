@@ -121,6 +121,8 @@ VALID = [
     (coco_unit, "multi_granularity", P("the dog on the far right", [3], "instance")),
     (coco_unit, "multi_granularity", P("the largest dog", [2], "instance")),
     (coco_unit, "multi_granularity", P("the cup to the left of the largest dog", [6], "instance")),
+    (coco_unit, "reasoning", P("of the pets that bark, the smallest one", [1], "knowledge")),  # qualified
+    (coco_unit, "reasoning", P("the leftmost dog sleeping on the grass", [2], "knowledge")),  # qualified
     (paco_unit, "part", P("the handle of the mug", [4], "part")),
     (paco_unit, "part", P("the kettle's handle", [5], "part")),
     (paco_unit, "part", P("the leg of the chair", [6], "part")),
@@ -203,7 +205,8 @@ DEFECTS: list[tuple[str, Any, str, dict[str, Any]]] = [
     ("spatial", coco_unit, "multi_granularity", {"pairs": [P("the leftmost dog", [3], "instance")]}),
     ("spatial", coco_unit, "multi_granularity", {"pairs": [P("the dog on the far left", [2], "instance")]}),
     ("spatial", coco_unit, "multi_granularity", {"pairs": [P("the biggest dog", [1], "instance")]}),
-    ("spatial", coco_unit, "reasoning", {"pairs": [P("the smallest pet that barks", [2], "knowledge")]}),
+    ("spatial", coco_unit, "reasoning", {"pairs": [P("the smallest pet", [2], "knowledge")]}),
+    ("spatial", coco_unit, "multi_object", {"pairs": [P("the leftmost dog and the cat", [3, 4], "mixed_category")]}),
     ("spatial", coco_unit, "reasoning", {"pairs": [P("the dog at the very top", [2], "knowledge")]}),
 ]
 

@@ -163,8 +163,9 @@ def test_masks_match_drawn_pixels(sample: dict[str, dict[str, Any]]) -> None:
             assert np.array_equal(is_obj, union), img["file_name"]
         else:  # JPEG: exact away from edges, where compression blurs colours
             inside, outside = ~_grow(~union, 2), ~_grow(union, 2)
-            # inside: pieces of different colours meet, and their JPEG blend may look like background
-            assert is_obj[inside].mean() > 0.97 and (~is_obj[outside]).mean() > 0.995, img["file_name"]
+            # Inside, pieces of different colours meet and JPEG blends them (blue + black looks like
+            # the navy post): a few percent of such pixels are expected, never outside.
+            assert is_obj[inside].mean() > 0.93 and (~is_obj[outside]).mean() > 0.999, img["file_name"]
 
 
 def test_paco_parts_inside_parent_and_uniform(sample: dict[str, dict[str, Any]]) -> None:

@@ -66,15 +66,28 @@ CHAT_TEMPLATE = (
 )
 
 
+def _prompt_files_text() -> str:
+    """The project's prompt files: trained on, they tokenize to ~1.8K tokens instead of ~3.5K."""
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "teachers", "prompts")
+    if not os.path.isdir(root):
+        return ""
+    texts = []
+    for name in sorted(os.listdir(root)):
+        if name.endswith(".yaml"):
+            with open(os.path.join(root, name), encoding="utf-8") as fh:
+                texts.append(fh.read())
+    return "\n".join(texts)
+
+
 def _corpus(extra_text: str = "") -> list[str]:
-    lines = [_WORDS, _JSON_BITS, " ".join(str(i) for i in range(0, 1001)), extra_text]
+    lines = [_WORDS, _JSON_BITS, " ".join(str(i) for i in range(0, 1001)), _prompt_files_text(), extra_text]
     lines += [json.dumps({"id": i, "category": w, "box": [i, i * 2, i * 3, i * 4]})
               for i, w in enumerate(_WORDS.split()[:80])]
     lines += ["".join(chr(c) for c in range(32, 127))]  # every printable ASCII char at least once
     return lines
 
 
-def build_tokenizer(out_dir: str, vocab_size: int = 600, extra_text: str = "") -> Any:
+def build_tokenizer(out_dir: str, vocab_size: int = 2000, extra_text: str = "") -> Any:
     """Train a byte-level BPE tokenizer offline and save it as a PreTrainedTokenizerFast."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

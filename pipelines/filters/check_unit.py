@@ -104,7 +104,7 @@ def check_unit(
         out.rejected.append(RejectedPair(-1, pairs.reason, pairs.detail))
         return out
     ctx = UnitContext(unit, s, knowledge, geometry_factory)
-    kept: list[tuple[int, str, frozenset[int]]] = []  # (pair index, dedup key, targets) of accepted
+    kept: list[tuple[int, tuple[str, ...], frozenset[int]]] = []  # (pair index, dedup key, targets) of accepted
     for idx, raw in enumerate(pairs):
         subtype, instruction, answer, ids = parse.loose_fields(raw)
 

@@ -10,20 +10,11 @@ the claim cannot be verified) — see docs/filters.md for which and why.
 from __future__ import annotations
 
 from pipelines.filters.context import PairView
-from pipelines.filters.lexicon import Mention
+from pipelines.filters.lexicon import FILLER, Mention
 
 PRESENT_CATEGORY = "present_category"
 GRANULARITY = "granularity"
 
-# Words that do not restrict a group reference: "find all the dogs in this image" refers to every
-# dog exactly like "the dogs". Any other word ("left", "sleeping", "two") makes the reference
-# qualified, and the completeness rule no longer applies.
-_FILLER = frozenset(
-    "the a an all every each both of in on at within this that these those image picture photo photograph"
-    " scene frame shot view segment find show highlight mark locate select identify detect outline point"
-    " out give me please can you see visible here there are is which and together entire whole present"
-    " shown appear appears appearing".split()
-)
 _QUANTIFIERS = frozenset({"all", "every", "each", "both"})
 _GRANULARITY_TASKS = frozenset({"multi_object", "reasoning", "multi_granularity"})
 
@@ -104,7 +95,7 @@ def check_present_category(pair: PairView) -> str | None:
 # -------------------------------------------------------------------------------- granularity
 def _unqualified(toks: list[str], mentions: list[Mention]) -> bool:
     covered = {j for m in mentions for j in range(m.start, m.end)}
-    return all(t in _FILLER for j, t in enumerate(toks) if j not in covered)
+    return all(t in FILLER for j, t in enumerate(toks) if j not in covered)
 
 
 def check_granularity(pair: PairView) -> str | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipelines.filters.context import PairView
-from pipelines.filters.lexicon import Mention
+from pipelines.filters.lexicon import FILLER, Mention, tokens
 
 SPATIAL = "spatial"
 
@@ -72,6 +72,10 @@ for _pat in _PATTERNS:
 _IMAGE_WORDS = frozenset({"image", "picture", "photo", "photograph", "frame", "scene", "view", "shot"})
 _SIDE_NOUNS = frozenset({"side", "hand", "edge", "corner", "part", "half"})
 _WINDOW = 6  # max tokens between a superlative and the noun it modifies
+_SEPARATORS = frozenset({"and", "or", "plus"})
+# Also harmless around a superlative: "the one furthest to the right", "the cap that belongs to the
+# bottle on the far left".
+_SPATIAL_FILLER = FILLER | frozenset({"one", "ones", "side", "most", "its", "their", "belongs", "belonging"})
 
 
 def _relational(toks: list[str], end: int) -> bool:
@@ -114,8 +118,29 @@ def _bind(start: int, end: int, prefer_next: bool, mentions: list[Mention]) -> M
     return (nxt or prev) if prefer_next else (prev or nxt)
 
 
+def _qualified(toks: list[str], start: int, end: int, noun: Mention, allowed: set[str]) -> bool:
+    """Whether the noun phrase around a superlative restricts the comparison set.
+
+    "the leftmost brown dog", "the largest dog on the sofa", "of the pets that purr, the one on the
+    right" compare within a subset the annotations do not describe, so they are not checked. The
+    phrase is the stretch between "and"/"or" separators around the superlative.
+    """
+    a = start
+    while a > 0 and toks[a - 1] not in _SEPARATORS:
+        a -= 1
+    b = end
+    while b < len(toks) and toks[b] not in _SEPARATORS:
+        b += 1
+    for j in range(a, b):
+        if start <= j < end or noun.start <= j < noun.end:
+            continue
+        if toks[j] not in _SPATIAL_FILLER and toks[j] not in allowed:
+            return True
+    return False
+
+
 def check_spatial(pair: PairView) -> str | None:
-    """Every superlative that modifies a target's category picks the extreme instance."""
+    """Every unqualified superlative that modifies a target's category picks the extreme instance."""
     ctx = pair.ctx
     if not pair.target_ids:
         return None
@@ -129,11 +154,18 @@ def check_spatial(pair: PairView) -> str | None:
         for i in pair.target_ids
         if ctx.by_local[i].is_part and ctx.by_local[i].parent_local_id is not None
     }  # type: ignore[misc]
+    # Part names of the targets (and their plurals) describe the part, not the compared parents.
+    allowed: set[str] = set()
+    for i in pair.target_ids:
+        if ctx.by_local[i].is_part:
+            words = tokens(ctx.by_local[i].name)
+            allowed.update(words)
+            allowed.update(w + "s" for w in words)
     geo = ctx.geometry
     s = ctx.settings
     for start, end, pat in sups:
         noun = _bind(start, end, pat.prefer_next, pair.mentions)
-        if noun is None:
+        if noun is None or _qualified(pair.tokens, start, end, noun, allowed):
             continue
         cands = ctx.instances(noun.term.categories)
         if len(cands) < 2 or (pat.pair_only and len(cands) != 2):

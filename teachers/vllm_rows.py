@@ -1,0 +1,197 @@
+"""Pure row functions of the vLLM teacher: unit row -> engine request, engine row -> teacher columns.
+
+No Ray, no vLLM here, so all of it is unit-testable in milliseconds. `teachers/vllm_backend.py`
+plugs these into Ray Data's vLLM processor (preprocess / postprocess) and one final batch stage.
+
+How a unit travels through ``ray.data.llm`` (Ray 2.60):
+  * preprocess returns ``messages`` + ``sampling_params``; Ray nests the whole input row under its
+    ``__data`` column, so every UNIT column rides along to the postprocess untouched.
+  * a row whose ``__inference_error__`` is non-empty bypasses every later stage *and* the
+    postprocess. The engine sets it when a request fails (prompt too long, bad request) because we
+    run with ``should_continue_on_error=True``; we also set it ourselves, with SKIP_MARKER, for units
+    that already failed upstream (``unit_error``): they must pass through without reaching the
+    engine, and the stream has one branch only (a second would re-read every image).
+  * so the rows that leave the processor are of two shapes: our postprocess output, or the raw
+    ``__data`` dict of a failed row. `normalise_table` maps both to UNIT + TEACHER_OUT columns.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import Any, Mapping
+
+import pyarrow as pa
+
+from schemas.columns import TEACHER_OUT_FIELDS, UNIT_FIELDS, UNIT_SCHEMA
+from teachers.messages import IMAGE_PART, answer_json_schema, build_messages
+from teachers.object_table import build_object_table, render_object_table, table_entries
+from teachers.prompts import PromptSpec
+
+# Bump when the request built here changes in a way that changes answers (image placement, text
+# flattening, schema wiring, per-unit seeds). Part of the teacher identity.
+REQUEST_VERSION = "vllm-request-1"
+
+ERROR_COLUMN = "__inference_error__"  # Ray's per-row engine error column
+# Units that failed before the teacher carry this in ERROR_COLUMN so every stage skips them.
+SKIP_MARKER = "groundv-skip:unit_error"
+
+UNIT_NAMES: tuple[str, ...] = tuple(name for name, _ in UNIT_FIELDS)
+TEACHER_NAMES: tuple[str, ...] = tuple(name for name, _ in TEACHER_OUT_FIELDS)
+OUT_SCHEMA = pa.schema(list(UNIT_SCHEMA) + [pa.field(n, t) for n, t in TEACHER_OUT_FIELDS])
+
+MAX_ERROR_CHARS = 2000  # engine messages can embed the whole prompt
+
+
+def image_data_url(jpeg: bytes) -> str:
+    """The stream's resized JPEG as a data: URL (a plain string: Arrow-friendly between stages,
+    decoded by vLLM's chat parser in the multimodal stage)."""
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+
+
+def unit_table(row: Mapping[str, Any], box_format: str) -> tuple[str, list[int]]:
+    """The object-table text the teacher sees, and its local ids (the answer schema's enum)."""
+    rows = build_object_table(row["objects"] or [])
+    entries = table_entries(
+        rows, box_format, int(row["width"]), int(row["height"]),
+        row.get("teacher_width"), row.get("teacher_height"),
+    )
+    return render_object_table(entries), [r.local_id for r in rows]
+
+
+def unit_seed(base_seed: int, gen_key: str) -> int:
+    """Per-unit sampling seed: reproducible for a unit whatever batch it lands in, different
+    between units (one shared seed would correlate the samples of units with similar prompts)."""
+    digest = hashlib.sha256(f"{base_seed}:{gen_key}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def unit_to_request(
+    row: Mapping[str, Any],
+    specs: Mapping[str, PromptSpec],
+    mode: str,
+    box_format: str,
+    n_pairs: int,
+    sampling: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Preprocess of the vLLM processor: one unit row -> ``messages`` + ``sampling_params``.
+
+    Vision mode replaces the ``{"type": "image"}`` placeholder that build_messages puts after the
+    text with the unit's resized image; text mode sends no image and flattens the last turn to a
+    string (text-only chat templates such as Qwen2.5-Instruct's concatenate ``content`` as a str).
+    The JSON schema goes in as a string: Ray moves rows between stages as Arrow, and unifying the
+    structs of differently-shaped schemas across rows would add null keys to them.
+    """
+    if row.get("unit_error"):
+        return _skip_request()
+    spec = specs[row["task"]]
+    table_text, local_ids = unit_table(row, box_format)
+    with_image = mode == "vision"
+    messages = build_messages(spec, table_text, n_pairs, with_image)
+    last = messages[-1]
+    if with_image:
+        image = row.get("teacher_image")
+        if not image:
+            raise ValueError(f"unit {row['gen_key']}: vision teacher but no teacher_image (stream bug)")
+        url = image_data_url(bytes(image))
+        last["content"] = [
+            {"type": "image_url", "image_url": {"url": url}} if part == IMAGE_PART else part
+            for part in last["content"]
+        ]
+    else:
+        last["content"] = "\n".join(p["text"] for p in last["content"] if p.get("type") == "text")
+    schema = answer_json_schema(row["task"], list(spec.subtypes), local_ids, n_pairs)
+    params = dict(sampling)
+    if "seed" in params and params["seed"] is not None:
+        params["seed"] = unit_seed(int(params["seed"]), row["gen_key"])
+    params["structured_outputs"] = {"json": json.dumps(schema, separators=(",", ":"))}
+    return {"messages": messages, "sampling_params": params}
+
+
+def _skip_request() -> dict[str, Any]:
+    # Same keys as a real request (Ray fills missing keys with nulls anyway, but the stages'
+    # validation only skips rows that carry ERROR_COLUMN, so that is the part that matters).
+    return {
+        "messages": [{"role": "user", "content": ""}],
+        "sampling_params": {"max_tokens": 1},
+        ERROR_COLUMN: SKIP_MARKER,
+    }
+
+
+def finish_reason_of(text: str, n_generated: int, max_tokens: int | None) -> str:
+    """`stop` or `length`. Ray 2.60's engine output carries no finish_reason, so infer it: a
+    response that used the whole budget was cut off -- unless it still parses (the last token of
+    the budget was the one that closed the JSON)."""
+    if max_tokens is not None and n_generated >= max_tokens:
+        try:
+            json.loads(text)
+        except ValueError:
+            return "length"
+    return "stop"
+
+
+def engine_error_text(message: str) -> str:
+    """`code: message` so the check stage files it under a stable reason (stages/check.py)."""
+    low = message.lower()
+    if "maximum model length" in low or "longer than the max" in low or "too long" in low:
+        code = "prompt_too_long"
+    else:
+        code = "engine_error"
+    return f"{code}: {message[:MAX_ERROR_CHARS]}"
+
+
+def normalise_output(row: Mapping[str, Any], max_tokens: int | None) -> dict[str, Any]:
+    """Any row leaving the processor -> its UNIT columns + TEACHER_OUT columns."""
+    out = {name: row.get(name) for name in UNIT_NAMES}
+    err = row.get(ERROR_COLUMN) or ""
+    if err == SKIP_MARKER:  # failed upstream: no teacher output at all (Teacher contract)
+        out.update({name: None for name in TEACHER_NAMES})
+    elif err:
+        out.update(
+            response=None,
+            finish_reason="error",
+            teacher_error=engine_error_text(str(err)),
+            prompt_tokens=_positive(row.get("num_input_tokens")),
+            output_tokens=None,
+        )
+    else:
+        text = row.get("generated_text") or ""
+        n_gen = int(row.get("num_generated_tokens") or 0)
+        out.update(
+            response=text,
+            finish_reason=finish_reason_of(text, n_gen, max_tokens),
+            teacher_error=None,
+            prompt_tokens=_positive(row.get("num_input_tokens")),
+            output_tokens=n_gen,
+        )
+    return out
+
+
+def postprocess_row(row: dict[str, Any], max_tokens: int | None) -> dict[str, Any]:
+    """Postprocess of the vLLM processor (successful rows only; failed ones bypass it).
+    Returns only the output columns so the heavy intermediates (messages, image URL, token ids)
+    are dropped here and never converted to Arrow again."""
+    return normalise_output(row, max_tokens)
+
+
+def normalise_table(table: pa.Table, max_tokens: int | None) -> pa.Table:
+    """Final batch stage: both row shapes -> exactly OUT_SCHEMA (UNIT columns + TEACHER_OUT)."""
+    keep = [c for c in (*UNIT_NAMES, *TEACHER_NAMES, ERROR_COLUMN, "num_input_tokens", "generated_text",
+                        "num_generated_tokens") if c in table.column_names]
+    rows = table.select(keep).to_pylist()
+    out = []
+    for r in rows:
+        if r.get(ERROR_COLUMN):  # a failed / skipped row: still the raw __data dict
+            out.append(normalise_output(r, max_tokens))
+        else:  # already normalised by postprocess_row
+            out.append({name: r.get(name) for name in (*UNIT_NAMES, *TEACHER_NAMES)})
+    return pa.Table.from_pylist(out, schema=OUT_SCHEMA)
+
+
+def _positive(v: Any) -> int | None:
+    """Token counts: the engine reports 0 for a request it never ran; record that as unknown."""
+    if v is None:
+        return None
+    n = int(v)
+    return n if n > 0 else None
