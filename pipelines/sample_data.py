@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,7 @@ def ensure_sample_dataset(root: str, num_images: int = 24, seed: int = 0) -> lis
     scenes = [_scene(i, seed) for i in range(num_images)]
     for scene in scenes:
         _atomic_write(img_dir / scene["file_name"], scene.pop("image_bytes"))
-    for src, doc in zip(sources, (_coco_json(scenes), _paco_json(scenes, seed), _lvis_json(scenes, seed))):
+    for src, doc in zip(sources, (_coco_json(scenes), _paco_json(scenes, seed), _lvis_json(scenes, seed)), strict=True):
         _atomic_write(Path(src["annotations"]), json.dumps(doc, separators=(",", ":")).encode())
     _atomic_write(marker, json.dumps(wanted).encode())  # last: its presence means "complete"
     return sources
@@ -218,7 +219,7 @@ def _pieces(cat: str, x: float, y: float, w: float, h: float, rng: random.Random
 
 def _clip_x(coords: list[float], a: float, keep_left: bool) -> list[float]:
     """Sutherland-Hodgman clip of a polygon to x <= a (or x >= a); [] when nothing is left."""
-    pts = list(zip(coords[::2], coords[1::2]))
+    pts = list(zip(coords[::2], coords[1::2], strict=True))
     inside = (lambda p: p[0] <= a) if keep_left else (lambda p: p[0] >= a)
     out: list[tuple[float, float]] = []
     for i, cur in enumerate(pts):
@@ -228,7 +229,7 @@ def _clip_x(coords: list[float], a: float, keep_left: bool) -> list[float]:
             out.append((a, prev[1] + t * (cur[1] - prev[1])))
         if inside(cur):
             out.append(cur)
-    area = 0.5 * abs(sum(p[0] * q[1] - q[0] * p[1] for p, q in zip(out, out[1:] + out[:1])))
+    area = 0.5 * abs(sum(p[0] * q[1] - q[0] * p[1] for p, q in zip(out, out[1:] + out[:1], strict=True)))
     return [v for p in out for v in p] if len(out) >= 3 and area >= 1.0 else []
 
 
@@ -308,8 +309,11 @@ def _scene(index: int, seed: int) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- annotation files ---------------------
-def _rle(mask: np.ndarray) -> dict[str, Any]:
-    return mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+def _rle_fields(mask: np.ndarray) -> dict[str, Any]:
+    """PACO-style segmentation (compressed RLE, counts as str), bbox and area of a painted mask."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+            "bbox": mask_utils.toBbox(rle).tolist(), "area": float(mask_utils.area(rle))}
 
 
 def _uncompressed(mask: np.ndarray) -> list[int]:
@@ -343,7 +347,7 @@ def _coco_json(scenes: list[dict[str, Any]]) -> dict[str, Any]:
                    "iscrowd": 0}
             if obj["crowd"]:
                 ann.update(segmentation={"counts": _uncompressed(obj["mask"]), "size": [s["height"], s["width"]]},
-                           bbox=mask_utils.toBbox(_rle(obj["mask"])).tolist(), iscrowd=1)
+                           bbox=_rle_fields(obj["mask"])["bbox"], iscrowd=1)
             anns.append(ann)
     return {"info": {"description": "Ground-V sample (drawn scenes), COCO instances format", "version": "1"},
             "licenses": [{"id": 1, "name": "CC0", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}],
@@ -382,13 +386,11 @@ def _lvis_json(scenes: list[dict[str, Any]], seed: int) -> dict[str, Any]:
             polys = [p for _, p, _ in obj["pieces"]]
             anns.append({"id": len(anns) + 1, "image_id": s["id"], "category_id": lvis_of[obj["cat"]],
                          "segmentation": polys, "area": float(obj["mask"].sum()), "bbox": _poly_bbox(polys)})
-    counts = {i: [0, set()] for i in ids.values()}
-    for a in anns:
-        counts[a["category_id"]][0] += 1
-        counts[a["category_id"]][1].add(a["image_id"])
+    instances = Counter(a["category_id"] for a in anns)
+    images_with = Counter(c for c, _ in {(a["category_id"], a["image_id"]) for a in anns})
     cats = [{"id": i, "name": n, "synonyms": [n, *synonyms[n]], "def": f"sample category {n}",
-             "synset": f"{n.split('_(')[0]}.n.01", "frequency": "f" if counts[i][0] >= 10 else "c",
-             "instance_count": counts[i][0], "image_count": len(counts[i][1])} for n, i in ids.items()]
+             "synset": f"{n.split('_(')[0]}.n.01", "frequency": "f" if instances[i] >= 10 else "c",
+             "instance_count": instances[i], "image_count": images_with[i]} for n, i in ids.items()]
     return {"info": {"description": "Ground-V sample (drawn scenes), LVIS v1 format"}, "images": images,
             "annotations": anns, "categories": cats, "licenses": [{"id": 1, "name": "CC0"}]}
 
@@ -420,22 +422,17 @@ def _paco_json(scenes: list[dict[str, Any]], seed: int) -> dict[str, Any]:
         if not objs or s["id"] % 4 == 0:  # PACO-LVIS covers a subset of the images
             continue
         for obj in objs:
-            oid = len(anns) + 1
-            rle = _rle(obj["mask"])
+            oid = len(anns) + 1  # PACO marks an object by obj_ann_id == its own id
             anns.append({"id": oid, "image_id": s["id"], "category_id": ids[paco_cats[obj["cat"]]],
-                         "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
-                         "bbox": mask_utils.toBbox(rle).tolist(), "area": float(mask_utils.area(rle)),
-                         "obj_ann_id": oid, **attributes(rng, obj["colour"], MATERIALS.get(obj["cat"]))})
+                         **_rle_fields(obj["mask"]), "obj_ann_id": oid,
+                         **attributes(rng, obj["colour"], MATERIALS.get(obj["cat"]))})
             for part, pmask in obj["parts"].items():
                 if not pmask.any():
                     continue
-                prle = _rle(pmask)
                 colour = next(col for p, _, col in obj["pieces"] if p == part)
                 material = "glass" if part == "window" else None if part == "wheel" else MATERIALS.get(obj["cat"])
                 anns.append({"id": len(anns) + 1, "image_id": s["id"],
-                             "category_id": part_ids[f"{paco_cats[obj['cat']]}:{part}"],
-                             "segmentation": {"size": prle["size"], "counts": prle["counts"].decode()},
-                             "bbox": mask_utils.toBbox(prle).tolist(), "area": float(mask_utils.area(prle)),
+                             "category_id": part_ids[f"{paco_cats[obj['cat']]}:{part}"], **_rle_fields(pmask),
                              "obj_ann_id": oid, **attributes(rng, colour, material)})
         present = {ids[paco_cats[o["cat"]]] for o in objs}
         neg, not_exhaustive = _negatives(rng, present, obj_ids)
@@ -444,14 +441,14 @@ def _paco_json(scenes: list[dict[str, Any]], seed: int) -> dict[str, Any]:
             neg = sorted(neg + [rng.choice(absent_parts)])
         images.append({**_image_entry(s), "neg_category_ids": neg, "not_exhaustive_category_ids": not_exhaustive,
                        "neg_category_ids_attrs": [], "not_exhaustive_category_ids_attrs": []})
-    names = {i: n for n, i in ids.items()}
+    name_of = {i: n for n, i in ids.items()}
     part_names = sorted({p for ps in PARTS.values() for p in ps})
     return {
         "info": {"description": "Ground-V sample (drawn scenes), PACO-LVIS format"},
         "images": images, "annotations": anns,
-        "categories": [{"supercategory": "OBJECT", "id": i, "name": names[i], "frequency": "f"} for i in obj_ids]
+        "categories": [{"supercategory": "OBJECT", "id": i, "name": name_of[i], "frequency": "f"} for i in obj_ids]
         + [{"supercategory": "PART", "id": i, "name": n} for n, i in part_ids.items()],
         "part_categories": [{"supercategory": "PART", "id": i, "name": n} for i, n in enumerate(part_names)],
         "attributes": [{"supercategory": "ATTR", "id": i, "name": n} for i, n in enumerate(attrs)],
-        "attr_type_to_attr_idxs": {t: [attr_id[n] for n in names] for t, names in PACO_ATTRIBUTE_TYPES.items()},
+        "attr_type_to_attr_idxs": {t: [attr_id[n] for n in ns] for t, ns in PACO_ATTRIBUTE_TYPES.items()},
     }

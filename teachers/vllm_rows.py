@@ -106,7 +106,9 @@ def unit_to_request(
     if "seed" in params and params["seed"] is not None:
         params["seed"] = unit_seed(int(params["seed"]), row["gen_key"])
     params["structured_outputs"] = {"json": json.dumps(schema, separators=(",", ":"))}
-    return {"messages": messages, "sampling_params": params}
+    # Explicitly "": if only skipped rows had the key, Ray would fill it with null in the others,
+    # and its stages treat anything but "" as an error row.
+    return {"messages": messages, "sampling_params": params, ERROR_COLUMN: ""}
 
 
 def _skip_request() -> dict[str, Any]:

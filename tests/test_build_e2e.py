@@ -25,8 +25,17 @@ def check_build(output: str, sources: list[dict], endpoint: str | None = None) -
     """Assertions shared by the local and S3 builds. Returns the manifest."""
     m = latest_manifest(output, endpoint)
     assert m["version"] == 1 and m["parent_version"] is None
-    assert {"version", "created_at", "config", "config_hash", "teacher", "prompts", "filters", "shards",
-            "stats"} <= set(m)
+    assert {
+        "version",
+        "created_at",
+        "config",
+        "config_hash",
+        "teacher",
+        "prompts",
+        "filters",
+        "shards",
+        "stats",
+    } <= set(m)
     samples = read_kind(output, m, "samples", endpoint)
     rejects = read_kind(output, m, "rejects", endpoint)
     errors = read_kind(output, m, "errors", endpoint)
@@ -98,11 +107,14 @@ def test_build_on_s3(ray_session, sample_dir, s3_bucket, tmp_path):
     _upload_tree(str(sample_dir), bucket, "sample", endpoint)
     s3_sources = []
     for s in sources:
-        s3_sources.append({
-            "name": s["name"], "format": s["format"],
-            "annotations": f"s3://{bucket}/sample/" + os.path.relpath(s["annotations"], sample_dir),
-            "images": f"s3://{bucket}/sample/" + os.path.relpath(s["images"], sample_dir),
-        })
+        s3_sources.append(
+            {
+                "name": s["name"],
+                "format": s["format"],
+                "annotations": f"s3://{bucket}/sample/" + os.path.relpath(s["annotations"], sample_dir),
+                "images": f"s3://{bucket}/sample/" + os.path.relpath(s["images"], sample_dir),
+            }
+        )
     cfg = {
         "data": {"sources": [dict(x, tasks=_tasks_for(x["format"])) for x in s3_sources]},
         "output": {"uri": f"s3://{bucket}/out"},

@@ -112,6 +112,9 @@ VALID = [
     (coco_unit, "hallucination", P("the dog driving the chair", [], "relation", "No dog does that.")),
     (coco_unit, "multi_object", P("all the dogs", [1, 2, 3], "same_category")),
     (coco_unit, "multi_object", P("the cat and the chair", [4, 7], "mixed_category")),
+    (coco_unit, "multi_object", P("Segment the three dogs as well as the cat.", [1, 2, 3, 4], "mixed_category")),
+    (coco_unit, "multi_object", P("both dogs on the left", [1, 2], "same_category")),
+    (coco_unit, "reasoning", P("the person with the dog", [9], "knowledge")),
     (coco_unit, "multi_object", P("the dogs on the left half", [1, 2], "same_category")),
     (coco_unit, "reasoning", P("something for one person to sit on", [7], "function")),
     (coco_unit, "reasoning", P("the pet that purrs", [4], "knowledge")),
@@ -122,6 +125,8 @@ VALID = [
     (coco_unit, "multi_granularity", P("the largest dog", [2], "instance")),
     (coco_unit, "multi_granularity", P("the cup to the left of the largest dog", [6], "instance")),
     (coco_unit, "reasoning", P("of the pets that bark, the smallest one", [1], "knowledge")),  # qualified
+    (coco_unit, "multi_object", P("the two leftmost dogs", [1, 2], "same_category")),
+    (coco_unit, "multi_object", P("the two dogs that are furthest to the right", [3, 2], "same_category")),
     (coco_unit, "reasoning", P("the leftmost dog sleeping on the grass", [2], "knowledge")),  # qualified
     (paco_unit, "part", P("the handle of the mug", [4], "part")),
     (paco_unit, "part", P("the kettle's handle", [5], "part")),
@@ -202,12 +207,27 @@ DEFECTS: list[tuple[str, Any, str, dict[str, Any]]] = [
     ("granularity", coco_unit, "multi_object", {"pairs": [P("every dog and the cat", [1, 2, 3], "mixed_category")]}),
     ("granularity", coco_unit, "multi_granularity", {"pairs": [P("the animals", [1, 2, 3, 7], "group")]}),
     ("granularity", coco_unit, "multi_granularity", {"pairs": [P("the dog", [1, 2, 3], "instance")]}),
+    (
+        "granularity",
+        coco_unit,
+        "multi_object",
+        {"pairs": [P("the three dogs and the cat", [1, 2, 4], "mixed_category")]},
+    ),
+    (
+        "granularity",
+        coco_unit,
+        "multi_object",
+        {"pairs": [P("the cat together with the chair", [4, 6, 7], "mixed_category")]},
+    ),
+    ("granularity", coco_unit, "reasoning", {"pairs": [P("the dog", [1, 2], "knowledge")]}),
     ("spatial", coco_unit, "multi_granularity", {"pairs": [P("the leftmost dog", [3], "instance")]}),
     ("spatial", coco_unit, "multi_granularity", {"pairs": [P("the dog on the far left", [2], "instance")]}),
     ("spatial", coco_unit, "multi_granularity", {"pairs": [P("the biggest dog", [1], "instance")]}),
     ("spatial", coco_unit, "reasoning", {"pairs": [P("the smallest pet", [2], "knowledge")]}),
     ("spatial", coco_unit, "multi_object", {"pairs": [P("the leftmost dog and the cat", [3, 4], "mixed_category")]}),
     ("spatial", coco_unit, "reasoning", {"pairs": [P("the dog at the very top", [2], "knowledge")]}),
+    ("spatial", coco_unit, "multi_object", {"pairs": [P("the two leftmost dogs", [1, 3], "same_category")]}),
+    ("spatial", coco_unit, "multi_object", {"pairs": [P("the three largest dogs", [2, 3], "same_category")]}),
 ]
 
 

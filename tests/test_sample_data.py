@@ -18,8 +18,10 @@ from pipelines.sample_data import BACKGROUND_COLOURS, MARKER_NAME, OBJECT_COLOUR
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     root = tmp_path_factory.mktemp("sample")
-    return {s["format"]: {**s, "doc": json.loads(Path(s["annotations"]).read_text())}
-            for s in ensure_sample_dataset(str(root))}
+    return {
+        s["format"]: {**s, "doc": json.loads(Path(s["annotations"]).read_text())}
+        for s in ensure_sample_dataset(str(root))
+    }
 
 
 def _files(root: Path) -> dict[str, bytes]:

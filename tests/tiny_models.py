@@ -81,8 +81,9 @@ def _prompt_files_text() -> str:
 
 def _corpus(extra_text: str = "") -> list[str]:
     lines = [_WORDS, _JSON_BITS, " ".join(str(i) for i in range(0, 1001)), _prompt_files_text(), extra_text]
-    lines += [json.dumps({"id": i, "category": w, "box": [i, i * 2, i * 3, i * 4]})
-              for i, w in enumerate(_WORDS.split()[:80])]
+    lines += [
+        json.dumps({"id": i, "category": w, "box": [i, i * 2, i * 3, i * 4]}) for i, w in enumerate(_WORDS.split()[:80])
+    ]
     lines += ["".join(chr(c) for c in range(32, 127))]  # every printable ASCII char at least once
     return lines
 
@@ -113,9 +114,7 @@ def build_tokenizer(out_dir: str, vocab_size: int = 2000, extra_text: str = "") 
     return fast
 
 
-def _steer_towards_short_strings(
-    model: Any, tokenizer: Any, lm_head: Any, embed: Any, scale: float = 2.5
-) -> None:
+def _steer_towards_short_strings(model: Any, tokenizer: Any, lm_head: Any, embed: Any, scale: float = 2.5) -> None:
     """Make closing tokens likely so random-weight JSON stays short (see module doc).
 
     The text weights are first re-drawn at unit scale (the default 0.02 init makes every logit
@@ -214,8 +213,15 @@ def build_tiny_qwen2_vl(out_dir: str, seed: int = 0, extra_text: str = "") -> st
     config = Qwen2VLConfig(
         text_config=text,
         vision_config=dict(
-            depth=1, embed_dim=32, hidden_size=64, num_heads=1, mlp_ratio=2, patch_size=14,
-            spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
+            depth=1,
+            embed_dim=32,
+            hidden_size=64,
+            num_heads=1,
+            mlp_ratio=2,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            in_channels=3,
         ),
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],

@@ -12,7 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from pipelines.filters import checks_ids, checks_masks, checks_semantic, checks_spatial, checks_text, parse
+from pipelines.filters import (
+    checks_granularity,
+    checks_ids,
+    checks_masks,
+    checks_semantic,
+    checks_spatial,
+    checks_text,
+    parse,
+)
 from pipelines.filters.context import GeometryFactory, PairView, UnitContext
 from pipelines.filters.settings import FilterSettings, coerce_settings
 from schemas.columns import TASK_SUBTYPES
@@ -35,7 +43,7 @@ PAIR_CHECKS: tuple[tuple[str, PairCheck], ...] = (
     (checks_masks.PART_PARENT_MISMATCH, checks_masks.check_part_inside_parent),
     (checks_masks.PART_PARENT_MISMATCH, checks_semantic.check_part_parent_named),
     (checks_semantic.PRESENT_CATEGORY, checks_semantic.check_present_category),
-    (checks_semantic.GRANULARITY, checks_semantic.check_granularity),
+    (checks_granularity.GRANULARITY, checks_granularity.check_granularity),
     (checks_spatial.SPATIAL, checks_spatial.check_spatial),
 )
 

@@ -1,5 +1,5 @@
 """Pair checks that compare what the instruction names with the annotations:
-`part_parent_mismatch` (naming half), `present_category`, `granularity`.
+`part_parent_mismatch` (naming half) and `present_category` (granularity: checks_granularity.py).
 
 Category mentions come from pipelines/filters/lexicon.py (knowledge-table names, plurals,
 synonyms, group words). When an instruction names nothing the table knows, a check that needs a
@@ -10,13 +10,8 @@ the claim cannot be verified) — see docs/filters.md for which and why.
 from __future__ import annotations
 
 from pipelines.filters.context import PairView
-from pipelines.filters.lexicon import FILLER, Mention
 
 PRESENT_CATEGORY = "present_category"
-GRANULARITY = "granularity"
-
-_QUANTIFIERS = frozenset({"all", "every", "each", "both"})
-_GRANULARITY_TASKS = frozenset({"multi_object", "reasoning", "multi_granularity"})
 
 
 def _fmt(cats: frozenset[str] | set[str], limit: int = 4) -> str:
@@ -89,54 +84,4 @@ def check_present_category(pair: PairView) -> str | None:
             return f"{head.text!r} covers {_fmt(unverified)}, not verified absent"
     elif not absent:
         return f"{head.text!r} ({_fmt(cats)}) is not verified absent for this image"
-    return None
-
-
-# -------------------------------------------------------------------------------- granularity
-def _unqualified(toks: list[str], mentions: list[Mention]) -> bool:
-    covered = {j for m in mentions for j in range(m.start, m.end)}
-    return all(t in FILLER for j, t in enumerate(toks) if j not in covered)
-
-
-def check_granularity(pair: PairView) -> str | None:
-    """Group-level references target the whole group; instance-level ones do not.
-
-    * An unqualified group reference ("all the animals", "the dogs", "every cup", "the dogs and
-      cats") must target exactly the non-crowd instances of the named categories in the image.
-      It is group-level when it is plural, quantified (all/every/each/both) or declared
-      `subtype: group`; any restricting word ("the dogs on the left") makes it qualified and
-      exempt, since then a subset is right.
-    * multi_granularity `subtype: instance`: the targets must not be the whole group named by the
-      head noun when that group has several members ("the dog on the left" -> one dog).
-    """
-    ctx = pair.ctx
-    if ctx.task not in _GRANULARITY_TASKS:
-        return None
-    mentions = pair.mentions
-    if not mentions:
-        return None
-    toks = pair.tokens
-    targets = set(pair.target_ids)
-    group_level = (
-        any(t in _QUANTIFIERS for t in toks)
-        or all(m.term.plural for m in mentions)
-        or (ctx.task == "multi_granularity" and pair.subtype == "group")
-    )
-    if group_level and _unqualified(toks, mentions):
-        cats: set[str] = set()
-        for m in mentions:
-            cats |= m.term.categories
-        expected = set(ctx.instances(cats))
-        if targets != expected:
-            named = " + ".join(repr(m.text) for m in mentions)
-            missing, extra = sorted(expected - targets), sorted(targets - expected)
-            return (
-                f"group-level {named} must target all {len(expected)} non-crowd instances "
-                f"{sorted(expected)}; missing {missing}, not in the group {extra}"
-            )
-    if ctx.task == "multi_granularity" and pair.subtype == "instance":
-        head = mentions[0]
-        group = ctx.instances(head.term.categories)
-        if len(group) >= 2 and targets >= set(group):
-            return f"instance-level instruction targets the whole group of {len(group)} {head.text!r}"
     return None

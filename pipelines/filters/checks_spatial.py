@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipelines.filters.checks_granularity import NUMBER_WORDS, stated_count
 from pipelines.filters.context import PairView
 from pipelines.filters.lexicon import FILLER, Mention, tokens
 
@@ -134,7 +135,8 @@ def _qualified(toks: list[str], start: int, end: int, noun: Mention, allowed: se
     for j in range(a, b):
         if start <= j < end or noun.start <= j < noun.end:
             continue
-        if toks[j] not in _SPATIAL_FILLER and toks[j] not in allowed:
+        t = toks[j]
+        if t not in _SPATIAL_FILLER and t not in allowed and t not in NUMBER_WORDS and not t.isdigit():
             return True
     return False
 
@@ -173,18 +175,25 @@ def check_spatial(pair: PairView) -> str | None:
         hit = relevant.intersection(cands)
         if not hit:
             continue  # the superlative describes a reference object, not the target
+        # "the three leftmost cups" / "the two cups that are lowest": the k most extreme ones.
+        k = stated_count(pair.tokens, start) or stated_count(pair.tokens, noun.start) or 1
+        if k > 1 and len(hit) != k:
+            return f"{' '.join(pat.words)!r} {noun.text!r} is counted as {k} but {len(hit)} targets are among them"
         if pat.axis == "area":
             vals = {i: geo.area(i) for i in cands}
         else:
-            k = 0 if pat.axis == "x" else 1
-            vals = {i: geo.center(i)[k] for i in cands}
-        best = max(vals.values()) if pat.largest else min(vals.values())
+            axis = 0 if pat.axis == "x" else 1
+            vals = {i: geo.center(i)[axis] for i in cands}
+        ranked = sorted(vals.values(), reverse=pat.largest)
+        best = ranked[min(k, len(ranked)) - 1]  # the k-th most extreme value
         if pat.axis == "area":
             tol = s.area_tolerance * best
         else:
             tol = s.spatial_tolerance * (ctx.width if pat.axis == "x" else ctx.height)
-        winners = {i for i, v in vals.items() if abs(v - best) <= tol}
-        if not hit & winners:
+        # Within tolerance of the k-th extreme (or beyond it) counts as one of the k extremes.
+        winners = {i for i, v in vals.items() if (v >= best - tol if pat.largest else v <= best + tol)}
+        ok = hit <= winners if k > 1 else bool(hit & winners)
+        if not ok:
             phrase = " ".join(pat.words)
             what = "area" if pat.axis == "area" else f"centre {pat.axis}"
             got = ", ".join(f"{i}: {vals[i]:.0f}" for i in sorted(hit))

@@ -63,6 +63,7 @@ class Term:
     categories: frozenset[str]  # canonical category names the word can refer to
     plural: bool  # a plural / mass form ("dogs", "people", "furniture"): refers to a group
     group: bool = False  # a hierarchy word ("animal", "vehicles") rather than a category's own name
+    either: bool = False  # singular and plural at once ("sheep", "aircraft"): number unknown
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,9 @@ class Lexicon:
         for w, members in groups.items():
             _add(terms, w, set(members))
         self.terms: dict[str, Term] = {
-            t: Term(frozenset(cs), t not in singular, bool(knowledge.is_group(t))) for t, (cs, _) in terms.items() if cs
+            t: Term(frozenset(cs), t not in singular, bool(knowledge.is_group(t)), t in singular and t in groups)
+            for t, (cs, _) in terms.items()
+            if cs
         }
         self.max_words = max((len(t.split()) for t in self.terms), default=1)
         self._canon: dict[str, str] = {}

@@ -106,7 +106,9 @@ def read_source(
         duplicates=frozenset(duplicates),
         coco_names=tuple(sorted(((c.id, c.name) for c in cats.values() if not c.is_part), key=lambda t: t[1])),
     )
-    del data  # the parsed file can be GBs: let it go before the Arrow table is built
+    del data
+    # Popping each image's annotations as its row is built frees the parsed JSON (GBs for COCO/LVIS
+    # train) progressively instead of holding it next to the finished rows.
     rows = [_image_row(img, by_image.pop(img["id"], []), ctx) for img in images]
     return pa.Table.from_pylist(rows, schema=IMAGE_SCHEMA)
 
@@ -259,7 +261,7 @@ def _objects(anns: list[dict[str, Any]], height: int, width: int, ctx: _Context)
             }
         )
     # One C call for the whole image instead of one per annotation.
-    for obj, area in zip(objects, mask_utils.area(rles)):
+    for obj, area in zip(objects, mask_utils.area(rles), strict=True):
         obj["area"] = float(area)
     if is_paco:
         _check_parents(objects)
