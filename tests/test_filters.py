@@ -177,6 +177,8 @@ DEFECTS: list[tuple[str, Any, str, dict[str, Any]]] = [
     ("schema", coco_unit, "reasoning", {"pairs": [P("the chair", [7], "group")]}),
     ("schema", coco_unit, "reasoning", {"pairs": [P("the chair", ["7"], "function")]}),
     ("schema", coco_unit, "reasoning", {"pairs": [dict(P("the chair", [7], "function"), extra=1)]}),
+    ("schema", coco_unit, "reasoning", {"pairs": ["the chair"]}),
+    ("schema", coco_unit, "reasoning", {"pairs": [P("the chair", [7.0], "function")]}),
     ("length", coco_unit, "reasoning", {"pairs": [P("  ", [7], "function")]}),
     ("length", coco_unit, "reasoning", {"pairs": [P("the chair", [7], "function", answer="")]}),
     ("length", coco_unit, "reasoning", {"pairs": [P("the chair " * 40, [7], "function")]}),
@@ -279,6 +281,12 @@ def test_max_pairs_rejects_the_extra_pairs():
     s = FilterSettings(max_pairs=1)
     res = run(coco_unit("reasoning"), P("the chair", [7], "function"), P("the cat", [4], "knowledge"), settings=s)
     assert len(res.accepted) == 1 and res.rejected[0].reason == "schema"
+
+
+def test_part_without_its_parent_in_the_image():
+    orphan = dict(paco_unit("part"), objects=[o for o in PACO_OBJECTS if o["ann_id"] != 100])
+    res = run(orphan, P("the handle of the mug", [6], "part"))  # local 6 = the orphaned mug handle
+    assert only_reason(res) == "part_parent_mismatch" and "not in the image" in res.rejected[0].detail
 
 
 def test_thresholds_come_from_settings():

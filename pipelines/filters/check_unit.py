@@ -114,47 +114,45 @@ def check_unit(
     ctx = UnitContext(unit, s, knowledge, geometry_factory)
     kept: list[tuple[int, tuple[str, ...], frozenset[int]]] = []  # (pair index, dedup key, targets) of accepted
     for idx, raw in enumerate(pairs):
-        subtype, instruction, answer, ids = parse.loose_fields(raw)
-
-        def reject(code: str, detail: str) -> None:
-            out.rejected.append(RejectedPair(idx, code, detail, subtype, instruction, answer, ids))  # noqa: B023
-
-        if idx >= s.max_pairs:
-            reject(parse.SCHEMA, f"pair {idx} is beyond max_pairs={s.max_pairs}")
-            continue
-        problem = parse.check_pair_schema(raw, task)
-        if problem is not None:
-            reject(parse.SCHEMA, problem)
-            continue
-        pair = PairView(idx, raw["instruction"], raw["answer"], raw["subtype"], list(raw["target_ids"]), ctx)
-        failed = None
-        for code, check in PAIR_CHECKS:
-            detail = check(pair)
-            if detail is not None:
-                failed = (code, detail)
-                break
-        if failed is None:
-            key = checks_text.dedup_key(pair.instruction)
-            targets = frozenset(pair.target_ids)
-            detail = checks_text.check_duplicate(
-                key, targets, kept, s.duplicate_similarity, s.duplicate_same_targets_only
-            )
-            if detail is not None:
-                failed = (checks_text.DUPLICATE_INSTRUCTION, detail)
-            else:
-                kept.append((idx, key, targets))
+        failed = _first_failure(idx, raw, task, ctx, kept)
         if failed is not None:
-            reject(*failed)
+            subtype, instruction, answer, ids = parse.loose_fields(raw)
+            out.rejected.append(RejectedPair(idx, failed[0], failed[1], subtype, instruction, answer, ids))
             continue
+        ids = list(raw["target_ids"])  # schema-checked: a list of known, unique local ids
         out.accepted.append(
             AcceptedPair(
                 pair_index=idx,
-                subtype=pair.subtype,
-                instruction=pair.instruction,
-                answer=pair.answer,
-                target_ann_ids=[ctx.local_to_ann[i] for i in pair.target_ids],
-                mask=ctx.geometry.union(pair.target_ids),
-                bboxes=ctx.geometry.bboxes(pair.target_ids),
+                subtype=raw["subtype"],
+                instruction=raw["instruction"],
+                answer=raw["answer"],
+                target_ann_ids=[ctx.local_to_ann[i] for i in ids],
+                mask=ctx.geometry.union(ids),
+                bboxes=ctx.geometry.bboxes(ids),
             )
         )
     return out
+
+
+def _first_failure(
+    idx: int, raw: Any, task: str, ctx: UnitContext, kept: list[tuple[int, tuple[str, ...], frozenset[int]]]
+) -> tuple[str, str] | None:
+    """(code, detail) of the first failing pair check, or None; records accepted pairs in `kept`."""
+    s = ctx.settings
+    if idx >= s.max_pairs:
+        return parse.SCHEMA, f"pair {idx} is beyond max_pairs={s.max_pairs}"
+    problem = parse.check_pair_schema(raw, task)
+    if problem is not None:
+        return parse.SCHEMA, problem
+    pair = PairView(idx, raw["instruction"], raw["answer"], raw["subtype"], list(raw["target_ids"]), ctx)
+    for code, check in PAIR_CHECKS:
+        detail = check(pair)
+        if detail is not None:
+            return code, detail
+    key = checks_text.dedup_key(pair.instruction)
+    targets = frozenset(pair.target_ids)
+    detail = checks_text.check_duplicate(key, targets, kept, s.duplicate_similarity, s.duplicate_same_targets_only)
+    if detail is not None:
+        return checks_text.DUPLICATE_INSTRUCTION, detail
+    kept.append((idx, key, targets))
+    return None

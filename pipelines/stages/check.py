@@ -50,6 +50,7 @@ def check_one(
     samples: list[dict[str, Any]] = []
     rejects: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
+    result = None
     if unit.get("unit_error"):
         reason = unit["unit_error"]
         stage = "annotations" if reason.startswith("annotation:") else (
@@ -60,7 +61,12 @@ def check_one(
         msg = unit.get("teacher_error") or "teacher returned no response"
         errors.append(error_row(unit, "teacher", teacher_error_reason(msg), msg, teacher))
     else:
-        result = check_unit(unit, unit["response"], unit.get("finish_reason"), settings, knowledge)
+        try:
+            result = check_unit(unit, unit["response"], unit.get("finish_reason"), settings, knowledge)
+        except (ValueError, KeyError, TypeError) as exc:  # a broken annotation the reader let through
+            errors.append(error_row(unit, "check", "check_failed", f"{type(exc).__name__}: {exc}"[:500], teacher))
+            result = None
+    if result is not None:
         for p in result.accepted:
             samples.append(
                 {
@@ -83,7 +89,7 @@ def check_one(
                     "prompt_hash": unit["prompt_hash"], "teacher": teacher, "filter_version": fversion,
                 }
             )
-        if not samples and not rejects:
+        if not samples and not rejects and not errors:
             # A valid but empty answer ({"pairs": []}) still ends as exactly one outcome.
             rejects.append(
                 {
