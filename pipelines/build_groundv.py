@@ -35,6 +35,7 @@ from pipelines.state import (  # noqa: E402
     manifest_uri,
     pending_receipts,
     read_ledger,
+    read_responses,
 )
 from pipelines.stats import merge_stats, totals  # noqa: E402
 from pipelines.storage import StorageSpec  # noqa: E402
@@ -75,27 +76,39 @@ def plan(ctx: BuildContext, own_batches: set[str]) -> tuple[Plan, Ledger, Manife
         imgs.images, {s.name: s.tasks for s in ctx.sources}, imgs.identities,
         {t: spec.content_hash for t, spec in ctx.prompts.items()}, ctx.teacher.identity_hash(),
         ledger.rows.to_pylist(), images_excluded=imgs.excluded, reuse_errors_from=own_batches,
+        filter_version=filter_version(ctx.cfg.filters, load_knowledge()),
     )
     return p, ledger, current, receipts
 
 
 # ----------------------------------------------------------------------------------------- stream
-def stream(ctx: BuildContext, p: Plan, progress: Progress) -> set[str]:
-    """Run the Ray Data stream over the units to generate; returns the batches written."""
-    from pipelines.stream import build_stream, init_ray, iter_receipts
+def stream(ctx: BuildContext, p: Plan, ledger: Ledger, progress: Progress) -> set[str]:
+    """Run the Ray Data stream over the units to generate (and the stored responses to re-check
+    under new filter settings); returns the batches written."""
+    from pipelines.stream import build_refilter_stream, build_stream, init_ray, iter_receipts
 
     init_ray(ctx.cfg)
     batches: set[str] = set()
-    for rec in iter_receipts(build_stream(p, ctx.teacher, ctx.cfg, ctx.store, ctx.build_id)):
-        batches.add(rec["batch"])
-        progress.add(json.loads(rec["stats"]))
+    if p.units_to_generate:
+        for rec in iter_receipts(build_stream(p, ctx.teacher, ctx.cfg, ctx.store, ctx.build_id)):
+            batches.add(rec["batch"])
+            progress.add(json.loads(rec["stats"]))
+    if p.refilter:
+        wanted: dict[str, set[str]] = {}
+        for u in p.refilter:
+            wanted.setdefault(u["batch"], set()).add(u["gen_key"])
+        responses = read_responses(ctx.output, ledger, wanted, ctx.store)
+        ds = build_refilter_stream(p.refilter, responses, ctx.cfg, ctx.store, ctx.build_id, ctx.teacher.label())
+        for rec in iter_receipts(ds):
+            batches.add(rec["batch"])
+            progress.add(json.loads(rec["stats"]), refilter=True)
     return batches
 
 
 # ----------------------------------------------------------------------------------------- commit
 def commit(ctx: BuildContext, p: Plan, ledger: Ledger, current: Manifest | None, receipts: list,
            first_plan: Plan, progress: Progress, wall_start: float) -> Manifest:
-    shards, covered = select_existing(ledger, p.reused_keys, ctx.output, ctx.store)
+    shards, covered = select_existing(ledger, p.reuse_from, ctx.output, ctx.store)
     missing = p.reused_keys - covered
     if missing:  # never commit a version that silently lost units
         raise RuntimeError(f"{len(missing)} planned units have no rows in any shard; re-run the build")
@@ -104,7 +117,8 @@ def commit(ctx: BuildContext, p: Plan, ledger: Ledger, current: Manifest | None,
         ctx.output, ctx.store, (current.version if current else 0) + 1, current.version if current else None,
         shards, config=resolved(ctx.cfg), config_hash=config_hash(ctx.cfg),
         teacher=ctx.teacher.identity(), prompts={t: s.content_hash for t, s in ctx.prompts.items()},
-        filters={"version": filter_version(ctx.cfg.filters, load_knowledge()), "settings": resolved(ctx.cfg)["filters"]},
+        filters={"version": filter_version(ctx.cfg.filters, load_knowledge()),
+                 "settings": resolved(ctx.cfg)["filters"]},
         stats=stats, build_id=ctx.build_id,
     )
     clean_receipts(ctx.output, ctx.store, [r.uri for r in receipts])
@@ -121,7 +135,8 @@ def build_stats(first: Plan, progress: Progress, shards, wall_s: float) -> dict:
         s = per.get(t, {})
         tasks[t] = {
             "planned": tp.planned, "reused": tp.reused, "generated": tp.generate, "dropped": tp.dropped,
-            "not_applicable": tp.not_applicable, "teacher_calls": s.get("teacher_calls", 0),
+            "not_applicable": tp.not_applicable, "refiltered": tp.refilter,
+            "teacher_calls": s.get("teacher_calls", 0),
             "accepted": s.get("accepted", 0), "rejected": s.get("rejected", 0), "errors": s.get("errors", 0),
             "units_accepted": s.get("units_accepted", 0), "units_rejected": s.get("units_rejected", 0),
             "prompt_tokens": s.get("prompt_tokens", 0), "output_tokens": s.get("output_tokens", 0),
@@ -130,7 +145,7 @@ def build_stats(first: Plan, progress: Progress, shards, wall_s: float) -> dict:
             "rows_in_dataset": rows_in[t],
         }
     tot = totals(per)
-    keys = ("planned", "reused", "generated", "dropped", "not_applicable", "rows_in_dataset")
+    keys = ("planned", "reused", "generated", "refiltered", "dropped", "not_applicable", "rows_in_dataset")
     total_row = {**{k: sum(v[k] for v in tasks.values()) for k in keys},
                  **{k: tot[k] for k in ("teacher_calls", "accepted", "rejected", "errors",
                                         "prompt_tokens", "output_tokens")}}
@@ -159,15 +174,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print("dry run: nothing written")
         return 0
-    progress = Progress(first.units_to_generate, float(cfg.stream.status_interval_s))
+    progress = Progress(first.units_to_run, float(cfg.stream.status_interval_s))
     p = first
     for _ in range(MAX_ROUNDS):
-        if p.units_to_generate:
-            own |= stream(ctx, p, progress)
+        if p.units_to_run:
+            own |= stream(ctx, p, ledger, progress)
             # Re-plan against what is durable now (our receipts included): the same path resumes a
             # crashed build and resolves a commit race.
             p, ledger, current, receipts = plan(ctx, own)
-            if p.units_to_generate:
+            if p.units_to_run:
                 continue
         try:
             m = commit(ctx, p, ledger, current, receipts, first, progress, wall_start)

@@ -29,11 +29,12 @@ class CommitConflict(RuntimeError):
 
 
 def select_existing(
-    ledger: Ledger, reused_keys: set[str], output: str, store: StorageSpec
+    ledger: Ledger, reuse_from: dict[str, str], output: str, store: StorageSpec
 ) -> tuple[list[ShardEntry], set[str]]:
     """Existing shards to carry into the new version, rewriting partially kept batches.
 
-    Returns (entries, keys covered). A key already covered by an earlier batch is not taken twice.
+    `reuse_from` maps each reused unit to the one batch that provides its rows (the plan's choice),
+    so a unit is never taken twice. Returns (entries, keys covered).
     """
     keys_by_batch: dict[str, list[str]] = {}
     rows = ledger.rows
@@ -43,7 +44,7 @@ def select_existing(
     out: list[ShardEntry] = []
     for batch in ledger.batch_order:
         keys = keys_by_batch.get(batch, [])
-        keep = [k for k in keys if k in reused_keys and k not in covered]
+        keep = [k for k in keys if reuse_from.get(k) == batch and k not in covered]
         if not keep:
             continue
         covered.update(keep)

@@ -101,6 +101,7 @@ class TaskPlan:
     generate: int = 0
     dropped: int = 0
     not_applicable: int = 0
+    refilter: int = 0  # reused units whose stored response is re-checked (filter version changed)
     generate_reasons: Counter = field(default_factory=Counter)
     drop_reasons: Counter = field(default_factory=Counter)
 
@@ -109,6 +110,8 @@ class TaskPlan:
 class Plan:
     work: pa.Table  # IMAGE_WORK_SCHEMA: images with >= 1 unit to generate
     reused_keys: set[str]
+    reuse_from: dict[str, str]  # reused key -> the batch whose rows are carried
+    refilter: list[dict[str, Any]]  # units to re-check from their stored response (UNIT fields, no image)
     tasks: dict[str, TaskPlan]
     units_total: int
     images_total: int
@@ -117,6 +120,11 @@ class Plan:
     @property
     def units_to_generate(self) -> int:
         return sum(t.generate for t in self.tasks.values())
+
+    @property
+    def units_to_run(self) -> int:
+        """Units the stream must process: generated ones and stored responses to re-check."""
+        return self.units_to_generate + len(self.refilter)
 
 
 def make_plan(
@@ -128,25 +136,35 @@ def make_plan(
     ledger_rows: Iterable[Mapping[str, Any]],
     images_excluded: int = 0,
     reuse_errors_from: set[str] | None = None,
+    filter_version: str | None = None,
 ) -> Plan:
     """Key every applicable (image, task) unit and anti-join it against the existing ledger.
 
     `ledger_rows`: rows of the previous version's (and pending receipts') unit ledger with the key
     components and outcome. Units whose key is there with a non-error outcome are reused; errors are
     retried by the next build, except those written by this build (`reuse_errors_from` batches).
+    A reusable unit checked under another `filter_version` is re-checked from its stored response
+    (`refilter`): no image read, no teacher call. Rows come in batch order; the first batch that has
+    a usable row for a key provides it (`reuse_from`).
     """
     own = reuse_errors_from or set()
     previous: dict[tuple[str, int, str], Mapping[str, Any]] = {}
-    reusable: set[str] = set()
+    reuse_from: dict[str, str] = {}
+    stale: dict[str, Mapping[str, Any]] = {}  # usable response, judged by other filter settings
     for r in ledger_rows:
         previous[(r["source"], int(r["image_id"]), r["task"])] = r
-        if r["outcome"] != OUTCOME_ERROR or r.get("batch") in own:
-            reusable.add(r["gen_key"])
+        if r["outcome"] == OUTCOME_ERROR and r.get("batch") not in own:
+            continue
+        if filter_version is None or r.get("filter_version") == filter_version or r["outcome"] == OUTCOME_ERROR:
+            reuse_from.setdefault(r["gen_key"], r["batch"])
+        else:
+            stale.setdefault(r["gen_key"], r)
 
     tasks = {t: TaskPlan() for t in TASKS}
     reused: set[str] = set()
     wanted: dict[tuple[str, int, str], str] = {}  # unit -> reason its previous rows are replaced
     work_rows: list[dict[str, Any]] = []
+    refilter: list[dict[str, Any]] = []
     units_total = 0
     for image in images.to_pylist():
         ident = identities.get(image["image_uri"], "missing")
@@ -163,9 +181,13 @@ def make_plan(
             uid = (image["source"], int(image["image_id"]), task)
             why = _why(previous.get(uid), key, ident, ann, prompt_hashes[task], teacher_hash)
             wanted[uid] = why
-            if key in reusable:
+            if key in reuse_from:
                 tp.reused += 1
                 reused.add(key)
+                continue
+            if key in stale:
+                tp.refilter += 1
+                refilter.append(_unit_from_stale(image, stale[key]))
                 continue
             tp.generate += 1
             tp.generate_reasons[why] += 1
@@ -176,16 +198,30 @@ def make_plan(
         if units:
             work_rows.append({**image, "units": units})
 
+    rechecked = {u["gen_key"] for u in refilter}
     for uid, r in previous.items():
-        if r["gen_key"] in reused:
+        if r["gen_key"] in reused or r["gen_key"] in rechecked:
             continue
         tp = tasks[r["task"]] if r["task"] in tasks else tasks.setdefault(r["task"], TaskPlan())
         tp.dropped += 1
         tp.drop_reasons[wanted.get(uid, REASON_REMOVED)] += 1
 
     work = pa.Table.from_pylist(work_rows, schema=IMAGE_WORK_SCHEMA)
-    return Plan(work=work, reused_keys=reused, tasks=tasks, units_total=units_total,
+    return Plan(work=work, reused_keys=reused, reuse_from={k: reuse_from[k] for k in reused},
+                refilter=refilter, tasks=tasks, units_total=units_total,
                 images_total=images.num_rows, images_excluded=images_excluded)
+
+
+def _unit_from_stale(image: Mapping[str, Any], row: Mapping[str, Any]) -> dict[str, Any]:
+    """A unit row (UNIT fields, no pixels) for re-checking a stored response; `batch` says where
+    the response is stored."""
+    unit = {k: image[k] for k in ("source", "dataset_format", "image_id", "image_uri", "width", "height",
+                                  "objects", "absent_categories", "not_exhaustive_categories")}
+    unit.update({k: row[k] for k in ("gen_key", "task", "image_identity", "ann_hash", "prompt_hash",
+                                     "teacher_hash", "batch")})
+    unit.update({"teacher_image": None, "teacher_width": None, "teacher_height": None,
+                 "unit_error": None, "unit_error_detail": None})
+    return unit
 
 
 def _why(prev: Mapping[str, Any] | None, key: str, ident: str, ann: str, prompt: str, teacher: str) -> str:

@@ -31,8 +31,10 @@ def print_plan(plan: Plan, out: TextIO | None = None) -> None:
         tp = plan.tasks[t]
         why = ", ".join(f"{k}: {v}" for k, v in sorted(tp.generate_reasons.items())) or "-"
         dropped = ", ".join(f"{k}: {v}" for k, v in sorted(tp.drop_reasons.items())) or "-"
-        rows.append([t, tp.planned, tp.reused, tp.generate, tp.dropped, tp.not_applicable, why, dropped])
-    _table(["task", "planned", "reused", "generate", "dropped", "n/a", "why generate", "why dropped"], rows, out)
+        rows.append([t, tp.planned, tp.reused, tp.generate, tp.refilter, tp.dropped, tp.not_applicable, why,
+                     dropped])
+    _table(["task", "planned", "reused", "generate", "refilter", "dropped", "n/a", "why generate", "why dropped"],
+           rows, out)
 
 
 class Progress:
@@ -47,7 +49,10 @@ class Progress:
         self.start = time.monotonic()
         self.last = self.start
 
-    def add(self, batch_stats: Mapping[str, Mapping[str, Any]]) -> None:
+    def add(self, batch_stats: Mapping[str, Mapping[str, Any]], refilter: bool = False) -> None:
+        if refilter:  # stored responses re-checked: they did not call the teacher
+            batch_stats = {t: {**s, "refiltered": s.get("teacher_calls", 0), "teacher_calls": 0}
+                           for t, s in batch_stats.items()}
         merge_stats(self.stats, batch_stats)
         now = time.monotonic()
         if now - self.last >= self.interval:

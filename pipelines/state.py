@@ -15,10 +15,11 @@ import pyarrow.parquet as pq
 
 from pipelines import storage
 from pipelines.storage import StorageSpec
-from schemas.columns import KEY_COMPONENT_FIELDS, KIND_RAW
+from schemas.columns import KEY_COMPONENT_FIELDS, KIND_RAW, RAW_SCHEMA, TEACHER_OUT_FIELDS
 from schemas.manifest import Manifest, ShardEntry, manifest_name, parse_manifest_name
 
-LEDGER_COLUMNS = ["gen_key", "source", "image_id", "task", *[n for n, _ in KEY_COMPONENT_FIELDS], "outcome"]
+LEDGER_COLUMNS = ["gen_key", "source", "image_id", "task", *[n for n, _ in KEY_COMPONENT_FIELDS], "outcome",
+                  "filter_version"]
 
 
 def manifests_uri(output: str) -> str:
@@ -105,5 +106,24 @@ def read_ledger(output: str, shard_sets: list[list[ShardEntry]], store: StorageS
     if tables:
         rows = pa.concat_tables(tables)
     else:
-        rows = pa.table({c: pa.array([], pa.string()) for c in LEDGER_COLUMNS + ["batch"]})
+        schema = RAW_SCHEMA.empty_table().select(LEDGER_COLUMNS).schema
+        rows = schema.empty_table().append_column("batch", pa.array([], pa.string()))
     return Ledger(rows=rows, shards_by_batch=by_batch, batch_order=order)
+
+
+def read_responses(output: str, ledger: Ledger, keys_by_batch: dict[str, set[str]],
+                   store: StorageSpec) -> dict[str, dict]:
+    """Stored teacher output (TEACHER_OUT_FIELDS) of the given units, from their raw shards."""
+    cols = ["gen_key", *[n for n, _ in TEACHER_OUT_FIELDS]]
+    out: dict[str, dict] = {}
+    for batch, keys in keys_by_batch.items():
+        for s in ledger.shards_by_batch.get(batch, []):
+            if s.kind != KIND_RAW:
+                continue
+            fs, path = storage.fs_and_path(storage.join(output, s.path), store)
+            t = storage.with_retries(lambda p=path, f=fs: pq.read_table(p, filesystem=f, columns=cols),
+                                     store, f"read {s.path}")
+            for r in t.to_pylist():
+                if r["gen_key"] in keys:
+                    out[r["gen_key"]] = r
+    return out

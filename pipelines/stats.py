@@ -7,7 +7,7 @@ from typing import Any, Iterable, Mapping
 
 from schemas.columns import OUTCOME_ACCEPTED, OUTCOME_ERROR, OUTCOME_REJECTED
 
-COUNTERS = ("units", "teacher_calls", "accepted", "rejected", "errors", "units_accepted",
+COUNTERS = ("units", "teacher_calls", "refiltered", "accepted", "rejected", "errors", "units_accepted",
             "units_rejected", "prompt_tokens", "output_tokens")
 
 

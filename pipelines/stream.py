@@ -65,6 +65,32 @@ def build_stream(plan: Plan, teacher: Teacher, cfg: Any, store: StorageSpec, bui
     )
 
 
+def build_refilter_stream(units: list[dict[str, Any]], responses: dict[str, dict], cfg: Any, store: StorageSpec,
+                          build_id: str, teacher_label: str) -> ray.data.Dataset:
+    """Re-check stored responses under the current filters: no image read, no teacher call."""
+    import pyarrow as pa
+
+    from schemas.columns import TEACHER_OUT_FIELDS, UNIT_SCHEMA
+
+    schema = pa.schema([*UNIT_SCHEMA, *[pa.field(n, t) for n, t in TEACHER_OUT_FIELDS]])
+    rows = []
+    for u in units:
+        r = responses.get(u["gen_key"], {})
+        rows.append({**{k: u[k] for k in UNIT_SCHEMA.names}, **{n: r.get(n) for n, _ in TEACHER_OUT_FIELDS}})
+    table = pa.Table.from_pylist(rows, schema=schema)
+    s = cfg.stream
+    ds = ray.data.from_arrow(split_for_stream(table, s.check_batch_size))
+    results = ds.map_batches(
+        CheckUnits, fn_constructor_args=(cfg.filters, teacher_label), batch_size=s.check_batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=s.check_actors_min, max_size=s.check_actors_max),
+    )
+    return results.map_batches(
+        ShardWriter, fn_constructor_args=(cfg.output.uri, store, build_id), batch_size=s.write_batch_size,
+        batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2), num_cpus=0.5,
+    )
+
+
 def iter_receipts(ds: ray.data.Dataset) -> Iterator[dict[str, Any]]:
     """Stream the receipts back to the driver as batches finish (drives progress + commit)."""
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):

@@ -119,3 +119,25 @@ def test_dry_run_writes_nothing(ray_session, sample_copy, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "new unit" in printed and "dry run" in printed
     assert not out.exists()
+
+
+def test_filter_change_rechecks_stored_responses_without_teacher(ray_session, sample_copy, tmp_path):
+    out = str(tmp_path / "out")
+    v1 = build(str(sample_copy), out)
+    v2 = build(str(sample_copy), out, "filters.min_mask_area=1000000")
+    assert v2["stats"]["teacher_calls"] == 0
+    assert v2["filters"]["version"] != v1["filters"]["version"]
+    assert v2["stats"]["totals"]["refiltered"] == v1["stats"]["units_planned"]
+    samples2 = read_kind(out, v2, "samples")
+    # Every pair with a target is now too small; only target-less hallucination pairs survive.
+    assert set(samples2.column("task").to_pylist()) == {"hallucination"}
+    rejects2 = read_kind(out, v2, "rejects").to_pylist()
+    assert sum(r["reason"] == "mask_too_small" for r in rejects2) > 0
+    assert {r["filter_version"] for r in rejects2} == {v2["filters"]["version"]}
+    # Back to the defaults: again no teacher call, and the dataset equals v1's pair for pair.
+    v3 = build(str(sample_copy), out)
+    assert v3["stats"]["teacher_calls"] == 0 and v3["filters"]["version"] == v1["filters"]["version"]
+    strip = lambda rows: {k: [{c: x for c, x in r.items()} for r in v] for k, v in rows.items()}  # noqa: E731
+    assert strip(rows_by_key(out, v3)) == strip(rows_by_key(out, v1))
+    raw3 = read_kind(out, v3, "raw").column("gen_key").to_pylist()
+    assert len(raw3) == len(set(raw3)) == v1["stats"]["units_planned"]

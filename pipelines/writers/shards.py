@@ -35,19 +35,21 @@ def shard_path(kind: str, task: str, digest: str) -> str:
     return f"data/{kind}/{task}/{digest[:2]}/{digest}.parquet"
 
 
-def write_shard(output: str, store: StorageSpec, kind: str, task: str, rows: list[dict], batch: str) -> dict:
-    """Write one shard, return its manifest entry."""
+def write_shard(output: str, store: StorageSpec, kind: str, task: str, rows: list[dict]) -> dict:
+    """Write one shard, return its manifest entry (without the batch id)."""
     table = pa.Table.from_pylist(rows, schema=KIND_SCHEMAS[kind])
     data = parquet_bytes(table)
     digest = hashlib.sha256(data).hexdigest()
     path = shard_path(kind, task, digest)
     storage.write_bytes(storage.join(output, path), data, store)
     return {"path": path, "kind": kind, "task": task, "rows": table.num_rows, "bytes": len(data),
-            "sha256": digest, "batch": batch}
+            "sha256": digest}
 
 
-def batch_id(gen_keys: list[str]) -> str:
-    return hashlib.sha256("\n".join(sorted(gen_keys)).encode()).hexdigest()[:24]
+def batch_id(shard_digests: list[str]) -> str:
+    """Content-addressed: the same rows give the same id (a retried task), and different rows for the
+    same units (e.g. re-checked under new filter settings) never share one."""
+    return hashlib.sha256("\n".join(sorted(shard_digests)).encode()).hexdigest()[:24]
 
 
 class ShardWriter:
@@ -69,9 +71,11 @@ class ShardWriter:
                     grouped[(kind, row["task"])].append(row)
                     by_kind[kind].append(row)
         gen_keys = batch.column("gen_key").to_pylist()
-        bid = batch_id(gen_keys)
-        shards = [write_shard(self.output, self.store, kind, task, rows, bid)
+        shards = [write_shard(self.output, self.store, kind, task, rows)
                   for (kind, task), rows in sorted(grouped.items())]
+        bid = batch_id([s["sha256"] for s in shards])
+        for s in shards:
+            s["batch"] = bid
         stats = batch_stats(by_kind[KIND_RAW], by_kind[KIND_REJECTS], by_kind[KIND_ERRORS])
         receipt = {"build_id": self.build_id, "batch": bid, "units": len(gen_keys), "shards": shards,
                    "stats": stats}
