@@ -64,12 +64,13 @@ class BuildContext:
 
 
 # ------------------------------------------------------------------------------------------- plan
-def plan(ctx: BuildContext, own_batches: set[str]) -> tuple[Plan, Ledger, Manifest | None, list]:
+def plan(ctx: BuildContext, own_batches: set[str], use_existing: bool = True
+         ) -> tuple[Plan, Ledger, Manifest | None, list]:
     """Source index -> units -> generation keys -> anti-join with the current version + receipts."""
     imgs = load_images(ctx.sources, ctx.exclude, ctx.cfg.data.limit, ctx.store)
-    current = latest_manifest(ctx.output, ctx.store)
+    current = latest_manifest(ctx.output, ctx.store) if use_existing else None
     committed = {s.path for s in current.shards} if current else set()
-    receipts = pending_receipts(ctx.output, ctx.store, committed)
+    receipts = pending_receipts(ctx.output, ctx.store, committed) if use_existing else []
     ledger = read_ledger(ctx.output, [current.shards if current else [], *[r.shards for r in receipts]],
                          ctx.store)
     p = make_plan(
@@ -85,14 +86,16 @@ def plan(ctx: BuildContext, own_batches: set[str]) -> tuple[Plan, Ledger, Manife
 def stream(ctx: BuildContext, p: Plan, ledger: Ledger, progress: Progress) -> set[str]:
     """Run the Ray Data stream over the units to generate (and the stored responses to re-check
     under new filter settings); returns the batches written."""
-    from pipelines.stream import build_refilter_stream, build_stream, init_ray, iter_receipts
+    from pipelines.stream import build_refilter_stream, build_stream, init_ray, iter_receipts, stage_stats
 
     init_ray(ctx.cfg)
     batches: set[str] = set()
     if p.units_to_generate:
-        for rec in iter_receipts(build_stream(p, ctx.teacher, ctx.cfg, ctx.store, ctx.build_id)):
+        ds = build_stream(p, ctx.teacher, ctx.cfg, ctx.store, ctx.build_id)
+        for rec in iter_receipts(ds):
             batches.add(rec["batch"])
             progress.add(json.loads(rec["stats"]))
+        progress.stages.extend(stage_stats(ds))
     if p.refilter:
         wanted: dict[str, set[str]] = {}
         for u in p.refilter:
@@ -102,6 +105,7 @@ def stream(ctx: BuildContext, p: Plan, ledger: Ledger, progress: Progress) -> se
         for rec in iter_receipts(ds):
             batches.add(rec["batch"])
             progress.add(json.loads(rec["stats"]), refilter=True)
+        progress.stages.extend(stage_stats(ds))
     return batches
 
 
@@ -125,7 +129,7 @@ def commit(ctx: BuildContext, p: Plan, ledger: Ledger, current: Manifest | None,
     return m
 
 
-def build_stats(first: Plan, progress: Progress, shards, wall_s: float) -> dict:
+def build_stats(first: Plan, progress: Progress, shards, wall_s: float, cfg) -> dict:
     per: dict[str, dict] = {}
     merge_stats(per, progress.stats)
     rows_in = {t: sum(s.rows for s in shards if s.kind == KIND_SAMPLES and s.task == t) for t in TASKS}
@@ -149,7 +153,15 @@ def build_stats(first: Plan, progress: Progress, shards, wall_s: float) -> dict:
     total_row = {**{k: sum(v[k] for v in tasks.values()) for k in keys},
                  **{k: tot[k] for k in ("teacher_calls", "accepted", "rejected", "errors",
                                         "prompt_tokens", "output_tokens")}}
+    for t in tasks.values():  # accepted pairs per teacher call: what a GPU-hour buys
+        t["yield"] = round(t["accepted"] / t["teacher_calls"], 3) if t["teacher_calls"] else None
+    gpus = cost_gpus(cfg)
+    price = cfg.cost.gpu_hourly_usd
+    cost = round(price * gpus * wall_s / 3600.0, 4) if price is not None and gpus else None
     return {
+        "stages": progress.stages,
+        "gpus": gpus, "cost_usd": cost,
+        "cost_per_1000_accepted_usd": round(1000 * cost / tot["accepted"], 4) if cost and tot["accepted"] else None,
         "images": first.images_total, "images_excluded": first.images_excluded,
         "units_planned": first.units_total, "units_reused": sum(t.reused for t in first.tasks.values()),
         "teacher_calls": tot["teacher_calls"], "prompt_tokens": tot["prompt_tokens"],
@@ -157,6 +169,16 @@ def build_stats(first: Plan, progress: Progress, shards, wall_s: float) -> dict:
         "errors_by_reason": tot["errors_by_reason"], "wall_s": round(wall_s, 3),
         "tasks": tasks, "totals": total_row,
     }
+
+
+def cost_gpus(cfg) -> float:
+    """GPUs the build paid for: cost.gpus if given, else the vLLM engine pool's maximum."""
+    if cfg.cost.gpus is not None:
+        return float(cfg.cost.gpus)
+    if str(getattr(cfg.teacher.backend, "value", cfg.teacher.backend)) == "vllm":
+        v = cfg.teacher.vllm
+        return float(v.max_engines * v.gpus_per_engine)
+    return 0.0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,6 +126,12 @@ class StreamConfig:
 
 
 @dataclass
+class CostConfig:
+    gpu_hourly_usd: float | None = None  # price of one GPU-hour: the summary then shows cost
+    gpus: float | None = None  # GPUs paid for during the build (default: the vLLM engine pool max)
+
+
+@dataclass
 class GroundVConfig:
     data: DataConfig = field(default_factory=DataConfig)
     tasks: List[str] = field(default_factory=lambda: list(TASKS))
@@ -135,6 +141,7 @@ class GroundVConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -151,7 +151,7 @@ def to_hf_dataset(output_uri: str, version: int | None = None, kind: str = KIND_
     schema = KIND_SCHEMAS[kind]
     features = datasets.Features.from_arrow_schema(schema)
     if not uris:
-        return datasets.Dataset(pa.Table.from_batches([], schema=schema))
+        return datasets.Dataset.from_dict({name: [] for name in schema.names}, features=features)
     storage_options = StorageSpec(endpoint_url).options_for(output) or None
     kwargs: dict[str, Any] = {"storage_options": storage_options} if storage_options else {}
     return datasets.Dataset.from_parquet(uris, features=features, cache_dir=cache_dir,

@@ -46,6 +46,7 @@ class Progress:
         self.interval = interval
         self.out = out or sys.stdout
         self.stats: dict[str, dict[str, Any]] = {}
+        self.stages: list[dict[str, Any]] = []
         self.start = time.monotonic()
         self.last = self.start
 
@@ -76,20 +77,27 @@ def print_summary(manifest: Any, manifest_path: str, plan: Plan, out: TextIO | N
         s = per.get(t)
         if not s:
             continue
-        rows.append([t, s["planned"], s["reused"], s["teacher_calls"], s["accepted"], s["rejected"],
-                     s["errors"], s["dropped"], s["rows_in_dataset"]])
+        rows.append([t, s["planned"], s["reused"], s["teacher_calls"], s["refiltered"], s["accepted"], s["rejected"],
+                     s["errors"], s["dropped"], s["rows_in_dataset"], "-" if s["yield"] is None else s["yield"]])
     tot = st["totals"]
-    rows.append(["TOTAL", tot["planned"], tot["reused"], tot["teacher_calls"], tot["accepted"],
-                 tot["rejected"], tot["errors"], tot["dropped"], tot["rows_in_dataset"]])
+    rows.append(["TOTAL", tot["planned"], tot["reused"], tot["teacher_calls"], tot["refiltered"], tot["accepted"],
+                 tot["rejected"], tot["errors"], tot["dropped"], tot["rows_in_dataset"], ""])
     print("", file=out)
     print(f"Ground-V build {manifest.build_id}: {st['images']} images, {st['units_planned']} units planned, "
           f"{st['units_reused']} reused, {st['teacher_calls']} sent to the teacher, {st['wall_s']:.1f}s",
           file=out)
-    _table(["task", "planned", "reused", "teacher", "accepted", "rejected", "errors", "dropped",
-            "samples in dataset"], rows, out)
+    _table(["task", "planned", "reused", "teacher", "rechecked", "accepted", "rejected", "errors", "dropped",
+            "samples in dataset", "yield"], rows, out)
     for key, title in (("rejected_by_reason", "rejected by reason"), ("errors_by_reason", "errors by reason")):
         items = sorted(st[key].items(), key=lambda kv: -kv[1])
         print(f"{title}: " + (", ".join(f"{k}={v}" for k, v in items) if items else "none"), file=out)
     tok = f"{st['prompt_tokens']} prompt / {st['output_tokens']} output tokens"
     print(f"teacher tokens: {tok}", file=out)
+    if st.get("stages"):
+        print("stages: " + "; ".join(f"{x['stage']} {x['wall_s']}s {x['rows_out']} rows" for x in st["stages"]),
+              file=out)
+    if st.get("cost_usd") is not None:
+        per = st.get("cost_per_1000_accepted_usd")
+        print(f"cost: ${st['cost_usd']} ({st['gpus']} GPUs x {st['wall_s']:.0f}s)"
+              + (f", ${per} per 1,000 accepted pairs" if per is not None else ""), file=out)
     print(f"manifest v{manifest.version:06d}: {manifest_path}", file=out)

@@ -95,3 +95,29 @@ def iter_receipts(ds: ray.data.Dataset) -> Iterator[dict[str, Any]]:
     """Stream the receipts back to the driver as batches finish (drives progress + commit)."""
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         yield from batch.to_pylist()
+
+
+def stage_stats(ds: ray.data.Dataset) -> list[dict[str, Any]]:
+    """Per-stage wall time, output rows and throughput from Ray Data's own stats (after execution)."""
+    try:
+        summary = ds._get_stats_summary()  # the structured form of ds.stats()
+    except Exception:  # noqa: BLE001 - stats are best effort, never fail a build over them
+        return []
+    out: list[dict[str, Any]] = []
+    seen: set[int] = set()
+
+    def walk(s: Any) -> None:
+        if id(s) in seen:
+            return
+        seen.add(id(s))
+        for p in getattr(s, "parents", []) or []:
+            walk(p)
+        for op in getattr(s, "operators_stats", []) or []:
+            rows = op.output_num_rows or {}
+            n = int(rows.get("sum", 0)) if isinstance(rows, dict) else 0
+            wall = float(op.time_total_s or 0.0)
+            out.append({"stage": op.operator_name, "wall_s": round(wall, 3), "rows_out": n,
+                        "rows_per_s": round(n / wall, 2) if wall > 0 else None})
+
+    walk(summary)
+    return out

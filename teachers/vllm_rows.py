@@ -83,8 +83,9 @@ def unit_to_request(
     The JSON schema goes in as a string: Ray moves rows between stages as Arrow, and unifying the
     structs of differently-shaped schemas across rows would add null keys to them.
     """
+    params = _sampling_params(sampling, row["gen_key"])
     if row.get("unit_error"):
-        return _skip_request()
+        return _skip_request(params)
     spec = specs[row["task"]]
     table_text, local_ids = unit_table(row, box_format)
     with_image = mode == "vision"
@@ -102,21 +103,30 @@ def unit_to_request(
     else:
         last["content"] = "\n".join(p["text"] for p in last["content"] if p.get("type") == "text")
     schema = answer_json_schema(row["task"], list(spec.subtypes), local_ids, n_pairs)
-    params = dict(sampling)
-    if "seed" in params and params["seed"] is not None:
-        params["seed"] = unit_seed(int(params["seed"]), row["gen_key"])
     params["structured_outputs"] = {"json": json.dumps(schema, separators=(",", ":"))}
     # Explicitly "": if only skipped rows had the key, Ray would fill it with null in the others,
     # and its stages treat anything but "" as an error row.
     return {"messages": messages, "sampling_params": params, ERROR_COLUMN: ""}
 
 
-def _skip_request() -> dict[str, Any]:
-    # Same keys as a real request (Ray fills missing keys with nulls anyway, but the stages'
-    # validation only skips rows that carry ERROR_COLUMN, so that is the part that matters).
+def _sampling_params(sampling: Mapping[str, Any], gen_key: str) -> dict[str, Any]:
+    """The row's SamplingParams kwargs. Every row of a batch must carry the same keys with the
+    same types: Ray converts the batch to Arrow/numpy between stages, and a key missing in one row
+    turns an int column into float64 with NaN -- vLLM's engine core then dies on
+    ``seed: expected int, got float`` and the job hangs."""
+    params = dict(sampling)
+    if params.get("seed") is not None:
+        params["seed"] = unit_seed(int(params["seed"]), gen_key)
+    return params
+
+
+def _skip_request(params: dict[str, Any]) -> dict[str, Any]:
+    """A unit that failed upstream: never reaches the engine (see module doc), but has the same
+    keys and value types as a real request so the batch's Arrow types stay clean."""
+    params["structured_outputs"] = {"json": "{}"}
     return {
         "messages": [{"role": "user", "content": ""}],
-        "sampling_params": {"max_tokens": 1},
+        "sampling_params": params,
         ERROR_COLUMN: SKIP_MARKER,
     }
 
@@ -136,7 +146,8 @@ def finish_reason_of(text: str, n_generated: int, max_tokens: int | None) -> str
 def engine_error_text(message: str) -> str:
     """`code: message` so the check stage files it under a stable reason (stages/check.py)."""
     low = message.lower()
-    if "maximum model length" in low or "longer than the max" in low or "too long" in low:
+    if any(m in low for m in ("maximum model length", "maximum context length", "longer than the max",
+                              "too long")):
         code = "prompt_too_long"
     else:
         code = "engine_error"

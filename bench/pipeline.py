@@ -1,0 +1,420 @@
+"""Pipeline efficiency: the Ray build vs a tight single-process loop doing the same per-image work.
+
+Both run the build's own plan over the embedded sample dataset with the CPU `template` teacher and
+write real Parquet shards + receipts:
+  * ray:  `pipelines.stream.build_stream` on a local Ray (what `build_groundv.py` runs), timed from
+          the dataset's creation to its last receipt (actor start-up included, cluster start-up not);
+  * loop: one process, no Ray, the same stage callables called directly over Arrow batches:
+          ReadImages -> DecodeAndFanOut -> TemplateRespond -> CheckUnits -> ShardWriter.
+efficiency = ray images/s / (cores x loop images/s)    goal >= 0.7 on 2 cores.
+
+Memory: peak RSS of the driver + its Ray workers (and PSS, which counts shared object-store pages
+once), sampled every 0.1 s, for a Ray build over N/10 and over N images (goal: ratio <= 1.3: the
+stream must not hold the dataset). Each measurement runs in a fresh subprocess (fresh Ray).
+
+    python bench/pipeline.py [--images 2000] [--quick] [--set stream.check_batch_size=128 ...]
+
+Sample datasets are generated once and cached under --cache (default /tmp/groundv-bench).
+Writes bench/results/pipeline.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from typing import Any, Callable
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+RESULTS = os.path.join(ROOT, "bench", "results", "pipeline.json")
+MARK = "BENCH_RESULT "
+EFFICIENCY_GOAL = 0.7
+MEMORY_RATIO_GOAL = 1.3
+
+try:  # psutil if installed, else /proc
+    import psutil
+except ImportError:  # pragma: no cover
+    psutil = None  # type: ignore[assignment]
+
+
+# ------------------------------------------------------------------------------ process sampling
+def _proc_children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = defaultdict(list)
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", encoding="ascii", errors="replace") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+                kids[ppid].append(int(name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return kids
+
+
+def descendants(pid: int) -> list[int]:
+    """pid's descendants (a local Ray started by ray.init is: raylet, gcs, ... -> workers)."""
+    if psutil is not None:
+        try:
+            return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+        except psutil.Error:
+            return []
+    kids, out, todo = _proc_children(), [], [pid]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def proc_info(pid: int) -> tuple[str, int, int, float] | None:
+    """(command name, RSS bytes, PSS bytes, cpu seconds) of a process, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmd = fh.read().split(b"\0", 1)[0].decode(errors="replace")
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            f = fh.read().rsplit(")", 1)[1].split()
+        cpu = (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+        rss = pss = 0
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Rss:"):
+                    rss = int(line.split()[1]) * 1024
+                elif line.startswith("Pss:"):
+                    pss = int(line.split()[1]) * 1024
+        return cmd, rss, pss, cpu
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def is_worker(cmd: str) -> bool:
+    """Ray worker processes rename themselves `ray::<task or actor>` (idle ones `ray::IDLE`)."""
+    return cmd.startswith("ray::") or "default_worker.py" in cmd
+
+
+class Sampler:
+    """Samples memory and CPU of this process and its descendants in a background thread."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.interval = interval
+        self.pid = os.getpid()
+        self.peak: dict[str, int] = defaultdict(int)
+        self.cpu: dict[int, tuple[bool, float]] = {}  # pid -> (driver or worker, last cpu seconds)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def sample(self) -> None:
+        tot: dict[str, int] = defaultdict(int)
+        for pid in [self.pid, *descendants(self.pid)]:
+            info = proc_info(pid)
+            if info is None:
+                continue
+            cmd, rss, pss, cpu = info
+            mine = pid == self.pid or is_worker(cmd)
+            group = "driver_workers" if mine else "ray_system"
+            tot[f"{group}_rss"] += rss
+            tot[f"{group}_pss"] += pss
+            tot["all_rss"] += rss
+            tot["all_pss"] += pss
+            if mine:
+                tot["workers"] += pid != self.pid
+            self.cpu[pid] = (mine, max(cpu, self.cpu.get(pid, (mine, 0.0))[1]))
+        for k, v in tot.items():
+            self.peak[k] = max(self.peak[k], v)
+
+    def cpu_seconds(self, workers_only: bool = True) -> float:
+        return sum(c for mine, c in self.cpu.values() if mine or not workers_only)
+
+
+# ------------------------------------------------------------------------------------- children
+def _context(data_dir: str, images: int, out: str, overrides: list[str]) -> tuple[Any, Any]:
+    from pipelines.build_groundv import BuildContext, plan
+    from pipelines.config import load_config
+
+    cfg = load_config([], [f"data.sample.dir={data_dir}", f"data.sample.num_images={images}", "data.sample.seed=0",
+                           f"output.uri={out}", *overrides])
+    ctx = BuildContext(cfg)
+    p = plan(ctx, set())[0]
+    assert p.units_to_generate == p.units_total > 0, "the bench output must start empty"
+    return ctx, p
+
+
+def _counts(receipt_stats: list[dict[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for stats in receipt_stats:
+        for s in stats.values():
+            for k in ("units", "accepted", "rejected", "errors"):
+                out[k] += int(s.get(k, 0))
+    return dict(out)
+
+
+def child_loop(data_dir: str, images: int, out: str, overrides: list[str]) -> dict[str, Any]:
+    """The same per-image work in one process: each stage's callable over Arrow batches, no Ray."""
+    import pyarrow as pa
+
+    from pipelines.plan import split_for_stream
+    from pipelines.stages.check import CheckUnits
+    from pipelines.stages.images import DecodeAndFanOut, ReadImages
+    from pipelines.writers.shards import ShardWriter
+    from teachers.backends import TemplateRespond
+
+    ctx, p = _context(data_dir, images, out, overrides)
+    s, teacher = ctx.cfg.stream, ctx.teacher
+    read = ReadImages(ctx.store)
+    decode = DecodeAndFanOut(teacher.needs_image, int(ctx.cfg.teacher.max_pixels), int(s.max_image_pixels))
+    respond = TemplateRespond(teacher.specs, teacher.n_pairs)
+    check = CheckUnits(ctx.cfg.filters, teacher.label())
+    write = ShardWriter(ctx.output, ctx.store, ctx.build_id)
+    stage_cpu: dict[str, float] = defaultdict(float)
+
+    def timed(name: str, fn: Callable[[pa.Table], pa.Table], t: pa.Table) -> pa.Table:
+        c0 = time.process_time()
+        r = fn(t)
+        stage_cpu[name] += time.process_time() - c0
+        return r
+
+    receipts: list[dict[str, Any]] = []
+    pending: list[pa.Table] = []
+    n_pending = 0
+    wb, tb, cb = int(s.write_batch_size), int(s.teacher_batch_size), int(s.check_batch_size)
+
+    def flush(final: bool) -> None:
+        nonlocal pending, n_pending
+        results = pa.concat_tables(pending) if pending else None
+        pending, n_pending = [], 0
+        if results is None:
+            return
+        start = 0
+        while results.num_rows - start >= wb or (final and start < results.num_rows):
+            rec = timed("write", write, results.slice(start, wb))
+            receipts.extend(json.loads(x) for x in rec.column("stats").to_pylist())
+            start += wb
+        if start < results.num_rows:
+            pending, n_pending = [results.slice(start)], results.num_rows - start
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    for block in split_for_stream(p.work, int(s.image_batch_size)):
+        units = timed("decode_fanout", decode, timed("read", read, block))
+        for i in range(0, units.num_rows, tb):
+            answered = timed("teacher", respond, units.slice(i, tb))
+            for j in range(0, answered.num_rows, cb):
+                pending.append(timed("check", check, answered.slice(j, cb)))
+                n_pending += pending[-1].num_rows
+        if n_pending >= wb:
+            flush(False)
+    flush(True)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"wall_s": wall, "cpu_s": cpu, "image_records": p.images_total, "units": p.units_total,
+            "stage_cpu_s": {k: round(v, 3) for k, v in stage_cpu.items()}, "counts": _counts(receipts)}
+
+
+def _operator_stats(text: str) -> dict[str, dict[str, float]]:
+    """Per-operator totals from Ray Data's stats text (remote wall / cpu time, output rows)."""
+    import re
+
+    out: dict[str, dict[str, float]] = {}
+    op = None
+    units = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0}
+    for line in text.splitlines():
+        m = re.match(r"\s*Operator \d+ (.+?): \d+ tasks executed", line)
+        if m:
+            op = re.sub(r"MapBatches\((\w+)\)", r"\1", m.group(1))
+            out[op] = {}
+            continue
+        if op is None:
+            continue
+        m = re.match(r"\s*\* Remote (wall|cpu) time: .*?([\d.]+)(us|ms|s|min) total", line)
+        if m:
+            out[op][f"remote_{m.group(1)}_s"] = round(float(m.group(2)) * units[m.group(3)], 3)
+        m = re.match(r"\s*\* Output rows per task: .*?(\d+) total", line)
+        if m:
+            out[op]["rows"] = float(m.group(1))
+    return out
+
+
+def child_ray(data_dir: str, images: int, out: str, overrides: list[str]) -> dict[str, Any]:
+    """The build's Ray Data stream, timed, with the driver + workers sampled."""
+    import ray
+
+    from pipelines.stream import build_stream, init_ray, iter_receipts
+
+    with Sampler() as sampler:
+        ctx, p = _context(data_dir, images, out, overrides)
+        init_ray(ctx.cfg)
+        num_cpus = int(ray.cluster_resources().get("CPU", 0))
+        cpu0 = sampler.cpu_seconds()
+        t0 = time.perf_counter()
+        ds = build_stream(p, ctx.teacher, ctx.cfg, ctx.store, ctx.build_id)
+        receipts = [json.loads(r["stats"]) for r in iter_receipts(ds)]
+        wall = time.perf_counter() - t0
+        sampler.sample()
+        cpu = sampler.cpu_seconds() - cpu0
+        stats_text = ds.stats()
+    ray.shutdown()
+    return {"wall_s": wall, "cpu_s": cpu, "image_records": p.images_total, "units": p.units_total,
+            "ray_logical_cpus": num_cpus, "counts": _counts(receipts), "operators": _operator_stats(stats_text),
+            "peak_bytes": dict(sampler.peak)}
+
+
+# --------------------------------------------------------------------------------------- parent
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    import ray
+
+    return {"cpu": cpu, "cores": cores(), "memory_gib": round(mem / 2**30, 1), "python": platform.python_version(),
+            "ray": ray.__version__, "platform": platform.platform()}
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def ensure_data(cache: str, images: int) -> str:
+    from pipelines.sample_data import ensure_sample_dataset
+
+    root = os.path.join(cache, f"sample-{images}")
+    t0 = time.perf_counter()
+    ensure_sample_dataset(root, num_images=images, seed=0)
+    dt = time.perf_counter() - t0
+    if dt > 1:
+        print(f"  generated {images} sample images under {root} in {dt:.0f}s")
+    for name in os.listdir(os.path.join(root, "images")):  # warm the page cache for both runs alike
+        with open(os.path.join(root, "images", name), "rb") as fh:
+            fh.read()
+    return root
+
+
+def run_child(mode: str, data_dir: str, images: int, cache: str, overrides: list[str]) -> dict[str, Any]:
+    out = tempfile.mkdtemp(prefix=f"out-{mode}-{images}-", dir=cache)
+    log = os.path.join(cache, f"{mode}-{images}.log")
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, "--data", data_dir, "--images", str(images),
+           "--out", out, *[a for o in overrides for a in ("--set", o)]]
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    try:
+        with open(log, "w", encoding="utf-8") as fh:
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=fh, text=True, env=env, check=False)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
+        if proc.returncode != 0 or not lines:
+            raise RuntimeError(f"{mode} run over {images} images failed (rc {proc.returncode}); see {log}")
+        return json.loads(lines[-1][len(MARK):])
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def gib(b: float) -> str:
+    return f"{b / 2**30:.2f} GiB"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=2000, help="sample images of the big run (default 2000)")
+    ap.add_argument("--small", type=int, help="images of the 1x memory run (default images / 10)")
+    ap.add_argument("--quick", action="store_true", help="200 images (20 for the 1x memory run)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for both runs, e.g. stream.check_batch_size=128 (repeatable)")
+    ap.add_argument("--cache", default=os.environ.get("GROUNDV_BENCH_CACHE", "/tmp/groundv-bench"))
+    ap.add_argument("--results", default=RESULTS)
+    ap.add_argument("--child", choices=("loop", "ray"), help=argparse.SUPPRESS)
+    ap.add_argument("--data", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        fn = child_loop if args.child == "loop" else child_ray
+        res = fn(args.data, args.images, args.out, args.set)
+        print(MARK + json.dumps(res), flush=True)
+        return res
+    big = 200 if args.quick else args.images
+    small = args.small or max(1, big // 10)
+    os.makedirs(args.cache, exist_ok=True)
+    print(f"pipeline bench: {big} images (memory at {small} vs {big}); {cores()} cores; cache {args.cache}")
+    load0 = os.getloadavg()
+    big_dir, small_dir = ensure_data(args.cache, big), ensure_data(args.cache, small)
+    print("  running the single-process loop ...", flush=True)
+    loop = run_child("loop", big_dir, big, args.cache, args.set)
+    print("  running the Ray build ...", flush=True)
+    ray_big = run_child("ray", big_dir, big, args.cache, args.set)
+    print(f"  running the Ray build over {small} images (memory 1x) ...", flush=True)
+    ray_small = run_child("ray", small_dir, small, args.cache, args.set)
+    load1 = os.getloadavg()
+
+    assert loop["counts"] == ray_big["counts"], f"loop and Ray disagree: {loop['counts']} vs {ray_big['counts']}"
+    assert loop["counts"]["units"] == loop["units"]
+    n = cores()
+    loop_ips, ray_ips = big / loop["wall_s"], big / ray_big["wall_s"]
+    eff = ray_ips / (n * loop_ips)
+    key = "driver_workers_rss"
+    mem_small, mem_big = ray_small["peak_bytes"][key], ray_big["peak_bytes"][key]
+    ratio = mem_big / mem_small
+    pss_ratio = ray_big["peak_bytes"]["driver_workers_pss"] / ray_small["peak_bytes"]["driver_workers_pss"]
+    res = {
+        "images": big, "image_records": loop["image_records"], "units": loop["units"], "counts": loop["counts"],
+        "overrides": args.set,
+        "loop": {"wall_s": round(loop["wall_s"], 2), "cpu_s": round(loop["cpu_s"], 2),
+                 "images_per_s": round(loop_ips, 1), "units_per_s": round(loop["units"] / loop["wall_s"], 1),
+                 "cpu_utilisation": round(loop["cpu_s"] / loop["wall_s"], 3), "stage_cpu_s": loop["stage_cpu_s"]},
+        "ray": {"wall_s": round(ray_big["wall_s"], 2), "cpu_s": round(ray_big["cpu_s"], 2),
+                "images_per_s": round(ray_ips, 1), "units_per_s": round(ray_big["units"] / ray_big["wall_s"], 1),
+                "logical_cpus": ray_big["ray_logical_cpus"], "operators": ray_big["operators"],
+                "cpu_overhead_vs_loop": round(ray_big["cpu_s"] / loop["cpu_s"], 2)},
+        "efficiency": round(eff, 3), "efficiency_goal": EFFICIENCY_GOAL, "efficiency_ok": eff >= EFFICIENCY_GOAL,
+        "memory": {
+            "small_images": small, "big_images": big, "metric": "peak RSS sum of driver + Ray workers",
+            "small_peak_bytes": ray_small["peak_bytes"], "big_peak_bytes": ray_big["peak_bytes"],
+            "ratio": round(ratio, 3), "pss_ratio": round(pss_ratio, 3), "goal": MEMORY_RATIO_GOAL,
+            "ok": ratio <= MEMORY_RATIO_GOAL,
+        },
+        "loadavg_before": [round(x, 2) for x in load0], "loadavg_after": [round(x, 2) for x in load1],
+        "machine": machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }  # fmt: skip
+    w = 34
+    print(f"\n{'':<{w}} {'loop (1 process)':>18} {'Ray':>18}")
+    print(f"{'wall s':<{w}} {loop['wall_s']:>18.1f} {ray_big['wall_s']:>18.1f}")
+    print(f"{'images/s':<{w}} {loop_ips:>18.1f} {ray_ips:>18.1f}")
+    print(f"{'units/s':<{w}} {res['loop']['units_per_s']:>18.1f} {res['ray']['units_per_s']:>18.1f}")
+    print(f"{'cpu s (driver + workers)':<{w}} {loop['cpu_s']:>18.1f} {ray_big['cpu_s']:>18.1f}")
+    print(f"efficiency = Ray / ({n} cores x loop) = {eff:.2f}   (goal >= {EFFICIENCY_GOAL}) "
+          f"{'OK' if eff >= EFFICIENCY_GOAL else 'MISSED'}")
+    print(f"peak memory (driver + workers RSS): {gib(mem_small)} at {small} images, {gib(mem_big)} at {big}: "
+          f"x{ratio:.2f} (goal <= {MEMORY_RATIO_GOAL}) {'OK' if ratio <= MEMORY_RATIO_GOAL else 'MISSED'}; "
+          f"PSS x{pss_ratio:.2f}")
+    print(f"loop stage cpu s: {loop['stage_cpu_s']}")
+    print(f"load average before/after: {res['loadavg_before'][0]} / {res['loadavg_after'][0]}")
+    os.makedirs(os.path.dirname(args.results), exist_ok=True)
+    with open(args.results, "w", encoding="utf-8") as fh:
+        json.dump(res, fh, indent=2)
+    print(f"wrote {args.results}")
+    return res
+
+
+if __name__ == "__main__":
+    main()
