@@ -116,7 +116,7 @@ def commit(ctx: BuildContext, p: Plan, ledger: Ledger, current: Manifest | None,
     missing = p.reused_keys - covered
     if missing:  # never commit a version that silently lost units
         raise RuntimeError(f"{len(missing)} planned units have no rows in any shard; re-run the build")
-    stats = build_stats(first_plan, progress, shards, time.monotonic() - wall_start)
+    stats = build_stats(first_plan, progress, shards, time.monotonic() - wall_start, ctx.cfg)
     m = write_manifest(
         ctx.output, ctx.store, (current.version if current else 0) + 1, current.version if current else None,
         shards, config=resolved(ctx.cfg), config_hash=config_hash(ctx.cfg),

@@ -12,6 +12,8 @@ so local paths and `s3://` (with `endpoint_url` for S3-compatible servers) behav
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -93,14 +95,16 @@ def to_arrow_dataset(output_uri: str, version: int | None = None, kind: str = KI
     schema = KIND_SCHEMAS[kind]
     if not paths:
         return pads.dataset(schema.empty_table())
-    return pads.dataset(paths, schema=schema, format="parquet", filesystem=fs)
+    return pads.dataset(paths, schema=schema, format="parquet", filesystem=_arrow_filesystem(fs))
 
 
 def _arrow_filesystem(fs: Any) -> pafs.FileSystem:
-    # Ray wants a pyarrow filesystem; wrapping the fsspec one keeps the project's endpoint and retry
-    # settings (and s3fs pickles cleanly to the read tasks).
+    # Local files: pyarrow's native filesystem. S3: wrapping the fsspec one keeps the project's
+    # endpoint and retry settings (and s3fs pickles cleanly to Ray's read tasks).
     if isinstance(fs, pafs.FileSystem):
         return fs
+    if "file" in fs.protocol or "local" in fs.protocol:
+        return pafs.LocalFileSystem()
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 
 
@@ -133,10 +137,12 @@ def to_ray_dataset(output_uri: str, version: int | None = None, kind: str = KIND
 def to_hf_dataset(output_uri: str, version: int | None = None, kind: str = KIND_SAMPLES,
                   endpoint_url: str | None = None, task: str | None = None,
                   cache_dir: str | None = None, keep_in_memory: bool = False) -> datasets.Dataset:
-    """A Hugging Face `datasets.Dataset` over one version's shards (`Dataset.from_parquet`).
+    """A Hugging Face `datasets.Dataset` over one version's shards (memory-mapped in the `datasets` cache).
 
     `datasets` is optional (see HF_DATASETS_PIN): imported here, with a clear error when missing.
-    The rows are copied once into the `datasets` cache (memory-mapped Arrow), as `from_parquet` does.
+    Local shards go through `Dataset.from_parquet` on their paths. Shards in S3 are streamed through
+    this module's pyarrow reader into `Dataset.from_generator` instead: `datasets` treats s3:// paths as
+    hub downloads (refused under HF_HUB_OFFLINE) and would not use the project's endpoint settings.
     """
     try:
         import datasets
@@ -147,12 +153,23 @@ def to_hf_dataset(output_uri: str, version: int | None = None, kind: str = KIND_
 
     output = normalize_output(output_uri)
     manifest = load_manifest(output, version, endpoint_url)
-    uris = shard_uris(manifest, output, kind, task)
+    shards = manifest.shards_of(kind, task)
     schema = KIND_SCHEMAS[kind]
     features = datasets.Features.from_arrow_schema(schema)
-    if not uris:
+    if not shards:
         return datasets.Dataset.from_dict({name: [] for name in schema.names}, features=features)
-    storage_options = StorageSpec(endpoint_url).options_for(output) or None
-    kwargs: dict[str, Any] = {"storage_options": storage_options} if storage_options else {}
-    return datasets.Dataset.from_parquet(uris, features=features, cache_dir=cache_dir,
-                                         keep_in_memory=keep_in_memory, **kwargs)
+    if not storage.is_s3(output):
+        return datasets.Dataset.from_parquet(shard_uris(manifest, output, kind, task), features=features,
+                                             cache_dir=cache_dir, keep_in_memory=keep_in_memory)
+    # Shards are immutable and content-addressed: their hashes identify the rows (no generator hashing).
+    fingerprint = hashlib.sha256(json.dumps([output, kind, sorted(s.sha256 for s in shards)]).encode()).hexdigest()
+    return datasets.Dataset.from_generator(
+        _rows, features=features, cache_dir=cache_dir, keep_in_memory=keep_in_memory, fingerprint=fingerprint,
+        gen_kwargs={"output": output, "version": manifest.version, "kind": kind, "task": task,
+                    "endpoint_url": endpoint_url},
+    )
+
+
+def _rows(output: str, version: int, kind: str, task: str | None, endpoint_url: str | None) -> Any:
+    for batch in to_arrow_dataset(output, version, kind, endpoint_url, task).to_batches():
+        yield from batch.to_pylist()

@@ -46,10 +46,10 @@ from pipelines.render import (  # noqa: E402
     Card,
     SheetLayout,
     Target,
-    colour_of,
     contact_sheet,
     draw_targets,
     fit_within,
+    pick_colours,
 )
 from pipelines.sources import resolve_sources  # noqa: E402
 from pipelines.stages.images import to_rgb  # noqa: E402
@@ -183,20 +183,24 @@ def _label(obj: Mapping[str, Any], objects: Mapping[int, Mapping[str, Any]]) -> 
     return f"{name} #{obj['ann_id']}"
 
 
-def build_targets(ann_ids: Sequence[int], record: Mapping[str, Any]) -> tuple[list[Target], list[TargetInfo]]:
-    """Per-target masks (+ a part's parent mask) from the image record's source annotations."""
+def build_targets(ann_ids: Sequence[int], record: Mapping[str, Any],
+                  image: Image.Image) -> tuple[list[Target], list[TargetInfo]]:
+    """Per-target masks (+ a part's parent mask) from the image record's source annotations, each
+    with a colour that stands out from the target's own pixels."""
     h, w = int(record["height"]), int(record["width"])
     objects = {int(o["ann_id"]): o for o in record["objects"]}
-    drawn: list[Target] = []
-    infos: list[TargetInfo] = []
-    for i, a in enumerate(ann_ids):
+    masks: list[np.ndarray] = []
+    parents: list[np.ndarray | None] = []
+    for a in ann_ids:
         obj = objects[int(a)]
-        colour = colour_of(i)
-        parent_mask = None
-        if obj["is_part"] and obj.get("parent_ann_id") is not None and int(obj["parent_ann_id"]) in objects:
-            parent_mask = decode_rle(objects[int(obj["parent_ann_id"])]["rle_counts"], h, w)
-        drawn.append(Target(decode_rle(obj["rle_counts"], h, w), colour, parent_mask))
-        infos.append(TargetInfo(_label(obj, objects), colour, bool(obj["is_part"])))
+        masks.append(decode_rle(obj["rle_counts"], h, w))
+        parent = obj.get("parent_ann_id") if obj["is_part"] else None
+        parents.append(decode_rle(objects[int(parent)]["rle_counts"], h, w)
+                       if parent is not None and int(parent) in objects else None)
+    colours = pick_colours(image, masks, parents)
+    drawn = [Target(m, c, pm) for m, c, pm in zip(masks, colours, parents, strict=True)]
+    infos = [TargetInfo(_label(objects[int(a)], objects), c, bool(objects[int(a)]["is_part"]))
+             for a, c in zip(ann_ids, colours, strict=True)]
     return drawn, infos
 
 
@@ -212,11 +216,13 @@ def sample_item(row: Mapping[str, Any], index: SourceIndex, store: StorageSpec) 
     record = index.record(row["source"], row["image_id"]) if ids else None
     known = {int(o["ann_id"]) for o in record["objects"]} if record is not None else set()
     if ids and set(ids) <= known:
-        drawn, item.targets = build_targets(ids, record)
+        drawn, item.targets = build_targets(ids, record, base)
     elif ids:  # sources gone or changed: the union mask is still exact, just one colour
         mk = row["mask"]
-        drawn = [Target(decode_rle(mk["counts"], mk["size"][0], mk["size"][1]), colour_of(0))]
-        item.targets = [TargetInfo(f"union of {len(ids)} target(s) {ids}", colour_of(0))]
+        union = decode_rle(mk["counts"], mk["size"][0], mk["size"][1])
+        colour = pick_colours(base, [union])[0]
+        drawn = [Target(union, colour)]
+        item.targets = [TargetInfo(f"union of {len(ids)} target(s) {ids}", colour)]
         item.note = index.error or "annotations not found: drawn from the union mask"
     else:
         drawn = []
@@ -245,7 +251,7 @@ def reject_item(row: Mapping[str, Any], index: SourceIndex, store: StorageSpec) 
     local = [int(x) for x in row["target_local_ids"] or []]
     known = [to_ann[x] for x in local if x in to_ann]
     unknown = [x for x in local if x not in to_ann]
-    drawn, item.targets = build_targets(list(dict.fromkeys(known)), record)
+    drawn, item.targets = build_targets(list(dict.fromkeys(known)), record, base)
     if unknown:
         item.note = f"unknown local ids: {unknown}"
     item.image = draw_targets(base, drawn)

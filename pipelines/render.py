@@ -40,6 +40,27 @@ def colour_of(index: int) -> RGB:
     return PALETTE[index % len(PALETTE)]
 
 
+def pick_colours(image: Image.Image, masks: Sequence[np.ndarray],
+                 around: Sequence[np.ndarray | None] | None = None, min_distance: float = 120.0) -> list[RGB]:
+    """A distinct palette colour per mask, far from the mean colour under the mask (and under
+    `around[i]`, e.g. a part's parent, when given).
+
+    Walks the palette in order and takes the first unused colour whose distance (RGB, Euclidean)
+    to those means is at least `min_distance` (a red overlay on a red object would be invisible);
+    falls back to the first unused colour. Deterministic for the same image and masks.
+    """
+    arr = np.asarray(image.convert("RGB"), dtype=np.float32)
+    used: list[RGB] = []
+    for i, m in enumerate(masks):
+        regions = [m] + ([around[i]] if around is not None and around[i] is not None else [])
+        means = [arr[r].mean(axis=0) for r in regions if r is not None and r.any()]
+        free = [c for c in PALETTE if c not in used] or list(PALETTE)
+        far = [c for c in free
+               if all(float(np.linalg.norm(np.asarray(c, np.float32) - mu)) >= min_distance for mu in means)]
+        used.append((far or free)[0])
+    return used
+
+
 @dataclass(frozen=True)
 class Target:
     """One drawn target: its mask, colour, and (for a part) its parent's mask."""

