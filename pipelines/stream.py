@@ -21,7 +21,6 @@ from pipelines.storage import StorageSpec
 from pipelines.writers.shards import ShardWriter
 from teachers.base import Teacher
 
-
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
