@@ -42,7 +42,7 @@ def synthetic_units(n_units: int, needs_image: bool, max_pixels: int, seed: int 
     """UNIT_SCHEMA rows: one image per five units (one per task), 3..12 objects, some with parts."""
     from PIL import Image, ImageDraw
 
-    from pipelines.stream import fit_to_budget
+    from pipelines.stages.images import fit_to_budget
     from schemas.columns import TASKS
 
     rng = random.Random(seed)
@@ -90,19 +90,23 @@ def _obj(ann: int, name: str, bbox: list[float], parent: int | None = None) -> d
 
 # ----------------------------------------------------------------------------- configuration
 def load_teacher_cfg(args: argparse.Namespace) -> Any:
-    from pipelines.config import load_config
+    from pipelines.config import load_config, validate
 
-    overrides = list(args.overrides)
-    if args.cpu_tiny:
-        overrides = [
-            "teacher.backend=vllm", f"teacher.mode={args.mode}", f"teacher.vllm.model_source={args.model_dir}",
-            "teacher.vllm.cpu_only=true", "teacher.box_format=" + ("xyxy_resized" if args.mode == "vision" else "xyxy"),
-            "teacher.max_pixels=50176", "teacher.vllm.batch_size=8",
-            "+teacher.vllm.engine_kwargs.max_model_len=4096", "+teacher.vllm.engine_kwargs.seed=0",
-            "+teacher.vllm.engine_kwargs.enable_prefix_caching=true",
-            "teacher.vllm.sampling={temperature: 0.0, max_tokens: 256, seed: 0}", *overrides,
-        ]
-    return load_config([args.config] if args.config else [], overrides)
+    if not args.cpu_tiny:
+        return load_config([args.config] if args.config else [], list(args.overrides))
+    # The tiny model on CPU: a small context and answers, a tiny pixel budget; the production code
+    # path otherwise, with cpu_only=true as the one placement change.
+    cfg = load_config([], ["teacher.backend=vllm", f"teacher.mode={args.mode}",
+                           f"teacher.vllm.model_source={args.model_dir}", *args.overrides])
+    t = cfg.teacher
+    t.box_format = "xyxy_resized" if args.mode == "vision" else "xyxy"
+    t.max_pixels = 224 * 224
+    t.vllm.cpu_only = True
+    t.vllm.batch_size = 8
+    t.vllm.engine_kwargs = {"max_model_len": 4096, "seed": 0, "enable_prefix_caching": True}
+    t.vllm.sampling = {"temperature": 0.0, "max_tokens": 256, "seed": 0}
+    validate(cfg)
+    return cfg
 
 
 def requests_for(cfg: Any, units: list[dict[str, Any]]) -> tuple[list[Any], list[dict[str, Any]]]:

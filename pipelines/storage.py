@@ -58,6 +58,9 @@ class StorageError(OSError):
     The message names the operation, the uri and the cause (never a credential).
     """
 
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
 
 @dataclass(frozen=True)
 class StorageSpec:
@@ -403,3 +406,68 @@ def scrub(text: str) -> str:
         if value and len(value) >= 8 and value in out:
             out = out.replace(value, "***")
     return out
+
+
+def check_model_source(source: str, store: StorageSpec, key: str = "teacher.vllm.model_source") -> None:
+    """Fail fast when the teacher's weights cannot be found: a local folder must hold config.json,
+    an s3:// copy must exist, a hub id (org/name) must be in the local cache when HF_HUB_OFFLINE=1."""
+    if not source or not source.strip():
+        raise StorageError(errno.ENOENT, f"{key} is empty; set a hub id (org/name), a local model folder or an "
+                                         "s3:// copy of the weights")
+    if is_s3(source):
+        check_reachable(source, store, key, must_exist=True)
+        return
+    path = os.path.expanduser(source)
+    if source.startswith(("/", "./", "../", "~", "file://")) or os.path.exists(path):
+        path = path.removeprefix("file://")
+        if not os.path.isdir(path):
+            raise StorageError(errno.ENOENT, f"{key}: model folder {source} does not exist; point {key} at a folder "
+                                             "with config.json and the weights, or use a hub id (org/name)")
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise StorageError(errno.ENOENT, f"{key}: {source} has no config.json, so it is not a Hugging Face "
+                                             "model folder; point it at the folder that holds config.json")
+        return
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", source):
+        raise StorageError(errno.EINVAL, f"{key}: {source!r} is neither an existing folder nor a hub id (org/name)")
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:  # pragma: no cover - comes with the teacher extras
+            return
+        if not isinstance(try_to_load_from_cache(source, "config.json"), str):
+            raise StorageError(errno.ENOENT, f"{key}: {source} is not in the local Hugging Face cache and "
+                                             "HF_HUB_OFFLINE=1; download it first (huggingface-cli download "
+                                             f"{source}) or point {key} at a local folder")
+
+
+# ------------------------------------------------------------------------------------ top-level errors
+def root_cause(exc: BaseException) -> BaseException:
+    """The exception that actually went wrong, under Ray's wrappers (RayTaskError, Ray Data's
+    UserCodeException, ...): the first exception in the cause chain that is not Ray's own."""
+    seen: set[int] = set()
+    e = exc
+    while id(e) not in seen:
+        seen.add(id(e))
+        if not type(e).__module__.startswith("ray."):
+            return e
+        nxt = getattr(e, "cause", None)  # RayTaskError keeps the original exception here
+        if not isinstance(nxt, BaseException):
+            nxt = e.__cause__ or e.__context__
+        if nxt is None:
+            return e
+        e = nxt
+    return e
+
+
+def failure_message(exc: BaseException, output: str, committed_version: int | None) -> str:
+    """What the build prints (stderr) when it stops after work started: the cause in one line, what
+    state the dataset is in, and what to do. Never a credential."""
+    cause = root_cause(exc)
+    text = describe(cause)
+    if isinstance(cause, StorageError):
+        text = scrub(" ".join(str(cause).split()))
+    state = (f"the dataset at {scrub(output)} is unchanged at manifest v{committed_version:06d}"
+             if committed_version else f"no version of {scrub(output)} was committed")
+    return (f"groundv: build failed: {text}\n"
+            f"groundv: nothing was committed; {state}. Fix the cause and re-run the same command: "
+            f"batches already written are reused, not paid again.")
