@@ -26,9 +26,10 @@ sys.path.insert(0, ROOT)
 BUILD = os.path.join(ROOT, "pipelines", "build_groundv.py")
 
 
-def run_build(sample: str, out: str, prompts: str) -> tuple[float, dict]:
+def run_build(sample: str, n: int, out: str, prompts: str) -> tuple[float, dict]:
     t0 = time.monotonic()
-    done = subprocess.run([sys.executable, BUILD, f"data.sample.dir={sample}", f"output.uri={out}",
+    done = subprocess.run([sys.executable, BUILD, f"data.sample.dir={sample}", f"data.sample.num_images={n}",
+                           f"output.uri={out}",
                            f"teacher.prompts_dir={prompts}", "stream.status_interval_s=3600"],
                           capture_output=True, text=True)
     wall = time.monotonic() - t0
@@ -56,11 +57,11 @@ def main() -> int:
     shutil.copytree(os.path.join(ROOT, "teachers", "prompts"), prompts)
     out = os.path.join(work, "out")
 
-    full_wall, full = run_build(sample, out, prompts)
-    noop_wall, noop = run_build(sample, out, prompts)
+    full_wall, full = run_build(sample, n, out, prompts)
+    noop_wall, noop = run_build(sample, n, out, prompts)
     with open(os.path.join(prompts, f"{args.task}.yaml"), "a") as fh:
         fh.write("\n# bench: an edited rule\n")
-    one_wall, one = run_build(sample, out, prompts)
+    one_wall, one = run_build(sample, n, out, prompts)
     shutil.rmtree(work, ignore_errors=True)
 
     planned_task = one["stats"]["tasks"][args.task]["planned"]

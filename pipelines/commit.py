@@ -63,12 +63,24 @@ def select_existing(
 def rewrite_shard(
     entry: ShardEntry, keep: set[str], new_batch: str, output: str, store: StorageSpec
 ) -> ShardEntry | None:
+    """The shard without the rows of units not in `keep`, under the batch's new id.
+
+    A shard all of whose rows are kept is carried as is (same file; only its batch label, which lives
+    in the manifest, changes), so dropping one task's units rewrites only that task's shards. Every
+    shard of a batch gets the new label: a unit's rows must always share one batch.
+    """
     fs, path = storage.fs_and_path(storage.join(output, entry.path), store)
-    table = storage.with_retries(lambda: pq.read_table(path, filesystem=fs), store, f"read {entry.path}")
-    mask = pc.is_in(table.column("gen_key"), value_set=pa.array(sorted(keep)))
-    kept = table.filter(mask)
-    if kept.num_rows == 0:
+    keys = storage.with_retries(lambda: pq.read_table(path, filesystem=fs, columns=["gen_key"]), store,
+                                f"read {entry.path}").column("gen_key")
+    mask = pc.is_in(keys, value_set=pa.array(sorted(keep)))
+    n_kept = pc.sum(mask.cast(pa.int64())).as_py() or 0
+    if n_kept == 0:
         return None
+    if n_kept == len(keys):
+        return ShardEntry(path=entry.path, kind=entry.kind, task=entry.task, rows=entry.rows, bytes=entry.bytes,
+                          sha256=entry.sha256, batch=new_batch)
+    table = storage.with_retries(lambda: pq.read_table(path, filesystem=fs), store, f"read {entry.path}")
+    kept = table.filter(mask)
     data = parquet_bytes(kept)
     digest = hashlib.sha256(data).hexdigest()
     new_path = shard_path(entry.kind, entry.task, digest)
