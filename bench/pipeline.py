@@ -92,11 +92,18 @@ def proc_stat(pid: int) -> tuple[int, float] | None:
 
 
 def proc_name(pid: int) -> str:
+    """`ray::<name>` for a Ray worker, the script of a Python daemon (`log_monitor.py`), else the binary."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return fh.read().split(b"\0", 1)[0].decode(errors="replace")
+            args = [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
     except OSError:
         return ""
+    if not args:
+        return ""
+    if os.path.basename(args[0]).startswith("python"):
+        script = next((a for a in args[1:] if a.endswith(".py")), None)
+        return os.path.basename(script) if script else os.path.basename(args[0])
+    return args[0]
 
 
 def proc_pss(pid: int) -> int:
@@ -111,9 +118,12 @@ def proc_pss(pid: int) -> int:
     return 0
 
 
+RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")  # per-node daemons, not workers
+
+
 def is_worker(cmd: str) -> bool:
     """Ray worker processes rename themselves `ray::<task or actor>` (idle ones `ray::IDLE`)."""
-    return cmd.startswith("ray::") or "default_worker.py" in cmd
+    return (cmd.startswith("ray::") and not cmd.startswith(RAY_AGENTS)) or cmd == "default_worker.py"
 
 
 class Sampler:
@@ -129,6 +139,7 @@ class Sampler:
         self.cpu: dict[int, tuple[bool, float]] = {}  # pid -> (driver or worker, last cpu seconds)
         self.names: dict[int, str] = {}  # pid -> last command name seen (an actor's, once it had one)
         self.own_cpu = 0.0
+        self.peak_rss: dict[int, int] = defaultdict(int)  # pid -> its own peak RSS
         self._pids: list[int] = []
         self._n = 0
         self._lock = threading.Lock()
@@ -170,6 +181,7 @@ class Sampler:
                 if st is None:
                     continue
                 rss, cpu = st
+                self.peak_rss[pid] = max(self.peak_rss[pid], rss)
                 mine = self._mine(pid)
                 group = "driver_workers" if mine else "ray_system"
                 tot[f"{group}_rss"] += rss
@@ -185,6 +197,13 @@ class Sampler:
 
     def cpu_seconds(self, workers_only: bool = True) -> float:
         return sum(c for mine, c in self.cpu.values() if mine or not workers_only)
+
+    def peak_rss_by_name(self) -> dict[str, float]:
+        """MiB: each process's own peak RSS, summed per process name (diagnostics, not simultaneous)."""
+        out: dict[str, float] = defaultdict(float)
+        for pid, rss in self.peak_rss.items():
+            out[self.names.get(pid, "?")] += rss / 2**20
+        return {k: round(v, 1) for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if v >= 1}
 
     def cpu_by_name(self, since: dict[int, tuple[bool, float]] | None = None) -> dict[str, float]:
         """CPU seconds per process name (driver, ray::<actor>, raylet, ...) since a `self.cpu` snapshot."""
@@ -302,8 +321,49 @@ def _operator_stats(text: str) -> dict[str, dict[str, float]]:
     return out
 
 
-def child_ray(data_dir: str, images: int, out: str, overrides: list[str]) -> dict[str, Any]:
-    """The build's Ray Data stream, timed, with the driver + workers sampled."""
+class FusedStages:
+    """`--variant fused`: the five stage callables chained in one actor (one Ray Data operator).
+
+    Not what the build runs: a measurement of what fusing the CPU stages would buy. One shard set is
+    written per image batch, so use a larger stream.image_batch_size (e.g. 64) to keep shards ~256 units.
+    """
+
+    def __init__(self, ctx_args: dict[str, Any]) -> None:
+        from pipelines.stages.check import CheckUnits
+        from pipelines.stages.images import DecodeAndFanOut, ReadImages
+        from pipelines.writers.shards import ShardWriter
+        from teachers.backends import TemplateRespond
+
+        a = ctx_args
+        self.stages = [ReadImages(a["store"]),
+                       DecodeAndFanOut(a["needs_image"], a["max_pixels"], a["max_image_pixels"]),
+                       TemplateRespond(a["specs"], a["n_pairs"]), CheckUnits(a["filters"], a["label"]),
+                       ShardWriter(a["output"], a["store"], a["build_id"])]
+
+    def __call__(self, batch: Any) -> Any:
+        for stage in self.stages:
+            batch = stage(batch)
+        return batch
+
+
+def build_fused(p: Any, ctx: Any) -> Any:
+    import ray.data
+
+    from pipelines.plan import split_for_stream
+    from teachers.backends import TemplateTeacher
+
+    assert isinstance(ctx.teacher, TemplateTeacher), "--variant fused needs the template teacher"
+    s, t = ctx.cfg.stream, ctx.teacher
+    args = {"store": ctx.store, "needs_image": t.needs_image, "max_pixels": int(ctx.cfg.teacher.max_pixels),
+            "max_image_pixels": int(s.max_image_pixels), "specs": t.specs, "n_pairs": t.n_pairs,
+            "filters": ctx.cfg.filters, "label": t.label(), "output": ctx.output, "build_id": ctx.build_id}
+    ds = ray.data.from_arrow(split_for_stream(p.work, int(s.image_batch_size)))
+    return ds.map_batches(FusedStages, fn_constructor_args=(args,), batch_size=int(s.image_batch_size),
+                          batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cores()))
+
+
+def child_ray(data_dir: str, images: int, out: str, overrides: list[str], fused: bool = False) -> dict[str, Any]:
+    """The build's Ray Data stream (or `--variant fused`), timed, with the driver + workers sampled."""
     import ray
 
     from pipelines.stream import build_stream, init_ray, iter_receipts
@@ -315,7 +375,7 @@ def child_ray(data_dir: str, images: int, out: str, overrides: list[str]) -> dic
         sampler.sample(full=True)
         cpu0, snap, own0 = sampler.cpu_seconds(), dict(sampler.cpu), sampler.own_cpu
         t0 = time.perf_counter()
-        ds = build_stream(p, ctx.teacher, ctx.cfg, ctx.store, ctx.build_id)
+        ds = build_fused(p, ctx) if fused else build_stream(p, ctx.teacher, ctx.cfg, ctx.store, ctx.build_id)
         receipts = [json.loads(r["stats"]) for r in iter_receipts(ds)]
         wall = time.perf_counter() - t0
         sampler.sample(full=True)
@@ -329,7 +389,7 @@ def child_ray(data_dir: str, images: int, out: str, overrides: list[str]) -> dic
     return {"wall_s": wall, "cpu_s": cpu, "image_records": p.images_total, "units": p.units_total,
             "all_cpu_s": all_cpu, "cpu_by_process": by_name, "sampler_cpu_s": round(own, 2),
             "ray_logical_cpus": num_cpus, "counts": _counts(receipts), "operators": _operator_stats(stats_text),
-            "peak_bytes": dict(sampler.peak)}
+            "peak_bytes": dict(sampler.peak), "peak_rss_mib_by_process": sampler.peak_rss_by_name()}
 
 
 # --------------------------------------------------------------------------------------- parent
@@ -373,12 +433,13 @@ def run_child(mode: str, data_dir: str, images: int, cache: str, overrides: list
            "--out", out, *[a for o in overrides for a in ("--set", o)]]
     env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     try:
+        load0 = os.getloadavg()[0]
         with open(log, "w", encoding="utf-8") as fh:
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=fh, text=True, env=env, check=False)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
         if proc.returncode != 0 or not lines:
             raise RuntimeError(f"{mode} run over {images} images failed (rc {proc.returncode}); see {log}")
-        return json.loads(lines[-1][len(MARK):])
+        return {**json.loads(lines[-1][len(MARK):]), "loadavg_1m": [round(load0, 2), round(os.getloadavg()[0], 2)]}
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
@@ -397,13 +458,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--no-memory", action="store_true", help="skip the 1x memory run (tuning)")
     ap.add_argument("--cache", default=os.environ.get("GROUNDV_BENCH_CACHE", "/tmp/groundv-bench"))
     ap.add_argument("--results", default=RESULTS)
-    ap.add_argument("--child", choices=("loop", "ray"), help=argparse.SUPPRESS)
+    ap.add_argument("--variant", choices=("build", "fused"), default="build",
+                    help="Ray side: the build's stream (default) or one fused actor stage (an experiment)")
+    ap.add_argument("--child", choices=("loop", "ray", "fused"), help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        fn = child_loop if args.child == "loop" else child_ray
-        res = fn(args.data, args.images, args.out, args.set)
+        if args.child == "loop":
+            res = child_loop(args.data, args.images, args.out, args.set)
+        else:
+            res = child_ray(args.data, args.images, args.out, args.set, fused=args.child == "fused")
         print(MARK + json.dumps(res), flush=True)
         return res
     big = 200 if args.quick else args.images
@@ -415,16 +480,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     small_dir = big_dir if args.no_memory else ensure_data(args.cache, small)
     print("  running the single-process loop ...", flush=True)
     loop = run_child("loop", big_dir, big, args.cache, args.set)
-    print("  running the Ray build ...", flush=True)
-    ray_big = run_child("ray", big_dir, big, args.cache, args.set)
+    print(f"  running the Ray {'build' if args.variant == 'build' else 'fused variant'} ...", flush=True)
+    mode = "fused" if args.variant == "fused" else "ray"
+    ray_big = run_child(mode, big_dir, big, args.cache, args.set)
     ray_small = None
     if not args.no_memory:
         print(f"  running the Ray build over {small} images (memory 1x) ...", flush=True)
-        ray_small = run_child("ray", small_dir, small, args.cache, args.set)
+        ray_small = run_child(mode, small_dir, small, args.cache, args.set)
 
     assert loop["counts"] == ray_big["counts"], f"loop and Ray disagree: {loop['counts']} vs {ray_big['counts']}"
     assert loop["counts"]["units"] == loop["units"]
     res = report(loop, ray_big, ray_small, big, small, args.set, load0, os.getloadavg())
+    res["variant"] = args.variant
     os.makedirs(os.path.dirname(args.results), exist_ok=True)
     with open(args.results, "w", encoding="utf-8") as fh:
         json.dump(res, fh, indent=2)
@@ -448,7 +515,9 @@ def report(loop: dict[str, Any], ray_big: dict[str, Any], ray_small: dict[str, A
     eff = ray_ips / (n * loop_ips)
     eff_lower = ray_ips / (n * loop_core_ips)
     eff_cpu = loop["cpu_s"] / ray_big["all_cpu_s"]
-    busy = loop["cpu_s"] / loop["wall_s"] < 0.9
+    # Busy: the loop did not get a whole core, or other work ran next to Ray (1-min load above the cores).
+    busy = loop["cpu_s"] / loop["wall_s"] < 0.9 or max(ray_big.get("loadavg_1m", [0.0])) > 1.5 * n
+    ray_cores = ray_big["all_cpu_s"] / ray_big["wall_s"]
     summary = [
         {"metric": "efficiency Ray / (cores x loop), wall clocks", "value": round(eff, 3),
          "goal": f">= {EFFICIENCY_GOAL}", "ok": eff >= EFFICIENCY_GOAL},
@@ -459,12 +528,14 @@ def report(loop: dict[str, Any], ray_big: dict[str, Any], ray_small: dict[str, A
         {"metric": "loop images/s (1 process)", "value": round(loop_ips, 1), "goal": None, "ok": None},
     ]
     mem: dict[str, Any] = {"big_images": big, "big_peak_bytes": ray_big["peak_bytes"],
+                           "big_peak_rss_mib_by_process": ray_big["peak_rss_mib_by_process"],
                            "metric": "peak RSS sum of driver + Ray workers (PSS: shared pages counted once)"}
     if ray_small is not None:
         key = "driver_workers_rss"
         ratio = ray_big["peak_bytes"][key] / ray_small["peak_bytes"][key]
         pss_ratio = ray_big["peak_bytes"]["driver_workers_pss"] / ray_small["peak_bytes"]["driver_workers_pss"]
-        mem.update(small_images=small, small_peak_bytes=ray_small["peak_bytes"], ratio=round(ratio, 3),
+        mem.update(small_images=small, small_peak_bytes=ray_small["peak_bytes"],
+                   small_peak_rss_mib_by_process=ray_small["peak_rss_mib_by_process"], ratio=round(ratio, 3),
                    pss_ratio=round(pss_ratio, 3), goal=MEMORY_RATIO_GOAL, ok=ratio <= MEMORY_RATIO_GOAL)
         summary.insert(1, {"metric": f"peak memory {big} / {small} images", "value": round(ratio, 3),
                            "goal": f"<= {MEMORY_RATIO_GOAL}", "ok": ratio <= MEMORY_RATIO_GOAL})
@@ -478,10 +549,12 @@ def report(loop: dict[str, Any], ray_big: dict[str, Any], ray_small: dict[str, A
         "loop": {"wall_s": round(loop["wall_s"], 2), "cpu_s": round(loop["cpu_s"], 2),
                  "images_per_s": round(loop_ips, 1), "images_per_cpu_s": round(loop_core_ips, 1),
                  "units_per_s": round(loop["units"] / loop["wall_s"], 1),
-                 "cpu_utilisation": round(loop["cpu_s"] / loop["wall_s"], 3), "stage_cpu_s": loop["stage_cpu_s"]},
+                 "cpu_utilisation": round(loop["cpu_s"] / loop["wall_s"], 3), "stage_cpu_s": loop["stage_cpu_s"],
+                 "loadavg_1m": loop.get("loadavg_1m")},
         "ray": {"wall_s": round(ray_big["wall_s"], 2), "cpu_s_driver_workers": round(ray_big["cpu_s"], 2),
                 "cpu_s_all": round(ray_big["all_cpu_s"], 2), "images_per_s": round(ray_ips, 1),
                 "units_per_s": round(ray_big["units"] / ray_big["wall_s"], 1),
+                "cores_used": round(ray_cores, 2), "loadavg_1m": ray_big.get("loadavg_1m"),
                 "logical_cpus": ray_big["ray_logical_cpus"], "operators": ray_big["operators"],
                 "cpu_by_process": ray_big["cpu_by_process"]},
         "memory": mem, "machine_busy": busy,
@@ -498,8 +571,9 @@ def report(loop: dict[str, Any], ray_big: dict[str, Any], ray_small: dict[str, A
           f"{'OK' if eff >= EFFICIENCY_GOAL else 'MISSED'}")
     print(f"  bounds on a dedicated machine: {eff_lower:.2f} (loop per CPU-second) .. {eff_cpu:.2f} (CPU-seconds)")
     if busy:
-        print(f"  note: the machine was busy (load {load0[0]:.0f}; the loop got {res['loop']['cpu_utilisation']:.0%} "
-              "of a core): trust the bounds more than the wall-clock ratio")
+        print(f"  note: the machine was busy (1-min load {loop.get('loadavg_1m')} around the loop, "
+              f"{ray_big.get('loadavg_1m')} around Ray; the loop got {res['loop']['cpu_utilisation']:.0%} of a core, "
+              f"Ray {ray_cores:.2f} of {n} cores): trust the bounds more than the wall-clock ratio")
     if ray_small is not None:
         print(f"peak memory (driver + workers RSS): {gib(ray_small['peak_bytes']['driver_workers_rss'])} at {small} "
               f"images, {gib(ray_big['peak_bytes']['driver_workers_rss'])} at {big}: x{mem['ratio']:.2f} "

@@ -7,7 +7,8 @@ fails or leaves no fresh JSON is reported as such). Also writes bench/results/ru
     python bench/run_all.py [--quick] [--only pipeline,filters] [--timeout 3600]
 
 A bench's JSON may carry `"summary": [{"metric", "value", "goal", "ok"}, ...]`; that list is shown
-as is. Older JSON shapes are read by the extractors below (filters.json) or by a generic rule:
+as is. Other JSON shapes are read by the extractors below (filters, rebuild, teacher_throughput) or by
+a generic rule:
 every numeric key `X` with a `X_goal` / `goal_X` sibling becomes a row.
 """
 
@@ -91,7 +92,37 @@ def rows_generic(name: str, r: dict[str, Any]) -> list[Row]:
     return out
 
 
-EXTRACTORS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {"filters": rows_filters}
+def rows_rebuild(r: dict[str, Any]) -> list[Row]:
+    g = r.get("goals") or {}
+    ratio, ratio_max = r.get("noop_wall_ratio"), g.get("noop_wall_ratio_max")
+    calls, want_calls = r.get("one_prompt_teacher_calls"), r.get("one_prompt_task_units", g.get("one_prompt_calls"))
+    noop = r.get("noop_teacher_calls")
+    return [
+        Row("rebuild", f"full build wall s ({fmt(r.get('images'))} images)", fmt(r.get("full_wall_s")), "", ""),
+        Row("rebuild", "no-op rebuild teacher calls", fmt(noop), fmt(g.get("noop_teacher_calls", 0)),
+            ok_str(None if noop is None else noop == g.get("noop_teacher_calls", 0))),
+        Row("rebuild", "no-op wall / full wall", fmt(ratio), f"<= {fmt(ratio_max)}" if ratio_max is not None else "",
+            ok_str(None if ratio is None or ratio_max is None else ratio <= ratio_max)),
+        Row("rebuild", "one-prompt rebuild teacher calls", fmt(calls), f"= {fmt(want_calls)} (that task's units)",
+            ok_str(None if calls is None or want_calls is None else calls == want_calls)),
+    ]
+
+
+def rows_teacher(r: dict[str, Any]) -> list[Row]:
+    tag = " (CPU, tiny model)" if r.get("cpu_tiny") else ""
+    bare, ray = r.get("bare") or {}, r.get("ray") or {}
+    return [
+        Row("teacher_throughput", f"bare vLLM output tok/s{tag}", fmt(bare.get("output_tok_per_s")), "", ""),
+        Row("teacher_throughput", f"Ray teacher stage output tok/s{tag}", fmt(ray.get("output_tok_per_s")), "", ""),
+        Row("teacher_throughput", "Ray / bare, steady state", fmt(r.get("ray_over_bare_output_tok_per_s")), "", ""),
+        Row("teacher_throughput", "Ray / bare, wall incl. start-up", fmt(r.get("ray_over_bare_output_tok_per_s_wall")),
+            "", ""),
+    ]
+
+
+EXTRACTORS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
+    "filters": rows_filters, "rebuild": rows_rebuild, "teacher_throughput": rows_teacher,
+}
 
 
 def rows_for(name: str, r: dict[str, Any]) -> list[Row]:
@@ -124,6 +155,14 @@ def run_bench(b: Bench, quick: bool, timeout: float) -> tuple[list[Row], dict[st
     return rows_for(b.name, data), {"status": "ok", "wall_s": wall, "results": os.path.relpath(result, BENCH_DIR)}
 
 
+def tabulate(b: Bench) -> tuple[list[Row], dict[str, Any]]:
+    result = os.path.join(RESULTS_DIR, f"{b.name}.json")
+    if not os.path.exists(result):
+        return [Row(b.name, "-", "", "", "skipped")], {"status": "no results"}
+    with open(result, encoding="utf-8") as fh:
+        return rows_for(b.name, json.load(fh)), {"status": "not run", "results": os.path.relpath(result, BENCH_DIR)}
+
+
 def table(rows: list[Row]) -> str:
     header = Row("bench", "metric", "value", "goal", "ok?")
     cols = list(asdict(header))
@@ -142,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="short variants where a bench has one")
     ap.add_argument("--only", help="comma-separated bench names")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per bench")
+    ap.add_argument("--no-run", action="store_true", help="only tabulate the JSON already in bench/results")
     args = ap.parse_args(argv)
     wanted = set(args.only.split(",")) if args.only else None
     rows: list[Row] = []
@@ -149,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     for b in BENCHES:
         if wanted is not None and b.name not in wanted:
             continue
-        r, info = run_bench(b, args.quick, args.timeout)
+        r, info = tabulate(b) if args.no_run else run_bench(b, args.quick, args.timeout)
         rows += r
         runs[b.name] = info
     print()

@@ -51,7 +51,7 @@ MAX_ROUNDS = 4  # plan/stream/commit rounds before giving up on a commit race
 class BuildContext:
     """Everything the three steps share, resolved once from the config."""
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg, validate_teacher: bool = True) -> None:
         self.cfg = cfg
         self.store = StorageSpec(cfg.storage.endpoint_url, int(cfg.storage.retries))
         self.output = cfg.output.uri if cfg.output.uri.startswith("s3://") else os.path.abspath(cfg.output.uri)
@@ -59,6 +59,8 @@ class BuildContext:
         self.sources = resolve_sources(cfg)
         self.prompts = load_prompts(cfg.teacher.prompts_dir or default_prompts_dir(), list(cfg.tasks))
         self.teacher = build_teacher(cfg.teacher, self.prompts, self.store, int(cfg.stream.teacher_batch_size))
+        if validate_teacher:
+            self.teacher.validate()
         self.exclude = load_exclusions(cfg.data.exclude_image_ids, self.store)
         self.build_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
 

@@ -367,6 +367,9 @@ def _s3_problem(exc: BaseException, uri: str, bucket: str, key: str, where: str)
         fix = ("fix storage.endpoint_url (is the server running, is the port right?)" if where != "AWS S3"
                else "check the network (or set storage.endpoint_url for an S3-compatible server)")
         return f"{key}: cannot reach the object store at {scrub(where)} for {uri} ({describe(exc)}); {fix}"
+    if codes & _TRANSIENT_CODES:
+        return (f"{key}: the object store at {scrub(where)} is failing for {uri} ({', '.join(sorted(codes))}); "
+                f"is it up? retry later, or check storage.endpoint_url")
     if codes & {"NoSuchBucket"} or "FileNotFoundError" in names:
         return f"{key}: bucket '{bucket}' does not exist on {scrub(where)}; create it or fix {key}"
     if codes & {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
@@ -459,15 +462,13 @@ def root_cause(exc: BaseException) -> BaseException:
     return e
 
 
-def failure_message(exc: BaseException, output: str, committed_version: int | None) -> str:
+def failure_message(exc: BaseException, output: str, committed_version: int | None = None) -> str:
     """What the build prints (stderr) when it stops after work started: the cause in one line, what
     state the dataset is in, and what to do. Never a credential."""
     cause = root_cause(exc)
-    text = describe(cause)
-    if isinstance(cause, StorageError):
-        text = scrub(" ".join(str(cause).split()))
-    state = (f"the dataset at {scrub(output)} is unchanged at manifest v{committed_version:06d}"
-             if committed_version else f"no version of {scrub(output)} was committed")
+    text = scrub(" ".join(str(cause).split())) if isinstance(cause, StorageError) else describe(cause)
+    state = (f"{scrub(output)} is unchanged at manifest v{committed_version:06d}" if committed_version
+             else f"the versions of {scrub(output)} are untouched")
     return (f"groundv: build failed: {text}\n"
-            f"groundv: nothing was committed; {state}. Fix the cause and re-run the same command: "
-            f"batches already written are reused, not paid again.")
+            f"groundv: nothing was committed by this build; {state}. Fix the cause and re-run the same "
+            f"command: batches already written are reused, not paid again.")

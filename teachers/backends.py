@@ -85,7 +85,10 @@ def build_teacher(teacher_cfg: Any, specs: dict[str, PromptSpec], store: Storage
     if backend == "replay":
         from teachers.replay import ReplayTeacher
 
-        return ReplayTeacher(str(teacher_cfg.responses), store)
+        settings = {"mode": str(teacher_cfg.mode), "box_format": str(teacher_cfg.box_format),
+                    "pairs_per_unit": int(teacher_cfg.pairs_per_unit), "max_pixels": int(teacher_cfg.max_pixels)}
+        return ReplayTeacher(str(teacher_cfg.responses), store, source=str(teacher_cfg.replay_source),
+                             prompt_settings=settings)
     if backend == "vllm":
         from teachers.vllm_backend import VllmTeacher
 

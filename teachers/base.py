@@ -40,6 +40,9 @@ class Teacher(ABC):
     def attach(self, ds: ray.data.Dataset) -> ray.data.Dataset:
         """Add the TEACHER_OUT_FIELDS columns to every unit row of `ds`."""
 
+    def validate(self) -> None:  # noqa: B027 - optional hook, most backends need no check
+        """Check what the backend needs (files, model paths) before any work is scheduled."""
+
     def identity_hash(self) -> str:
         blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(blob.encode()).hexdigest()

@@ -5,8 +5,10 @@ with ``finish_reason`` (default ``stop``) and token counts; the responses then g
 filters and manifest as any other teacher's. The file is read once on the driver into a
 gen_key -> response map and shipped to the workers with the stage (responses are small text).
 
-Identity = backend + sha256 of the file bytes: editing the file re-keys every unit, so a changed
-response is never mistaken for the old one.
+Identity = backend + `teacher.replay_source` (the name of the external teacher) + the prompt settings
+the prompts were exported with (mode, box format, pairs per unit, pixel budget) — not the file: the
+keys must be known when the prompts are exported (pipelines/export_prompts.py), before any answer
+exists. A new batch of answers from another teacher gets a new replay_source, hence new keys.
 """
 
 from __future__ import annotations
@@ -119,20 +121,36 @@ class ReplayTeacher(Teacher):
     backend = "replay"
     needs_image = False
 
-    def __init__(self, responses_uri: str, storage: StorageSpec | None = None, batch_size: int = 256) -> None:
+    def __init__(self, responses_uri: str, storage: StorageSpec | None = None, batch_size: int = 256,
+                 source: str = "external", prompt_settings: Mapping[str, Any] | None = None) -> None:
         self.uri = responses_uri
         self.storage = storage or StorageSpec()
         self.batch_size = batch_size
-        fs, path = fs_and_path(responses_uri, self.storage)
+        self.source = source
+        self.prompt_settings = dict(prompt_settings or {})
+        self._responses: dict[str, dict[str, Any]] | None = None
+        self.sha256 = ""
+
+    def validate(self) -> None:
+        """Read and check the answers file (before any work is scheduled)."""
+        if self._responses is not None:
+            return
+        fs, path = fs_and_path(self.uri, self.storage)
         try:
-            data = with_retries(lambda: fs.cat_file(path), self.storage, f"read {responses_uri}")
+            data = with_retries(lambda: fs.cat_file(path), self.storage, f"read {self.uri}")
         except FileNotFoundError:
-            raise ReplayFileError(f"{responses_uri}: teacher.responses file not found") from None
+            raise ReplayFileError(f"{self.uri}: teacher.responses file not found") from None
         self.sha256 = hashlib.sha256(data).hexdigest()
-        self.responses = parse_responses(data, responses_uri)
+        self._responses = parse_responses(data, self.uri)
+
+    @property
+    def responses(self) -> dict[str, dict[str, Any]]:
+        self.validate()
+        assert self._responses is not None
+        return self._responses
 
     def identity(self) -> dict[str, Any]:
-        return {"backend": self.backend, "model": "replay", "responses_sha256": self.sha256}
+        return {"backend": self.backend, "model": self.source, **self.prompt_settings}
 
     def respond_table(self, table: pa.Table) -> pa.Table:
         """The stage's work on one batch, callable without Ray."""

@@ -137,6 +137,9 @@ class VllmTeacher(Teacher):
             # which the CPU install lacks, and it kills the engine actor when missing (STACK.md).
             extra["placement_group_config"] = {"bundles": [{"CPU": 1}]}
             extra["log_engine_metrics"] = False
+            # The engine tokenizes the prompt itself: one actor (and transformers import) fewer on
+            # a small CPU box, where a separate stage would only compete for the same cores.
+            extra["tokenize_stage"] = False
         else:
             extra["accelerator_type"] = self.accelerator_type
         if self.needs_image:

@@ -71,6 +71,8 @@ class FlakyProxy:
         self._streak: Counter[tuple[str, str]] = Counter()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
+        self._conns: set[socket.socket] = set()
+        self.stopped = False
         self._thread: threading.Thread | None = None
         self.port = 0
 
@@ -90,7 +92,16 @@ class FlakyProxy:
         return self
 
     def stop(self) -> None:
-        """Close the listening port: clients get 'connection refused' (the port is kept for restart)."""
+        """Close the listening port and every open (keep-alive) connection: clients get 'connection
+        refused' from then on, like a store that is gone."""
+        self.stopped = True
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -167,9 +178,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         self.connection.close()
 
+    def setup(self) -> None:
+        super().setup()
+        proxy: FlakyProxy = self.server.proxy  # type: ignore[attr-defined]
+        with proxy._lock:
+            proxy._conns.add(self.connection)
+
     def _handle(self) -> None:
         proxy: FlakyProxy = self.server.proxy  # type: ignore[attr-defined]
         body = self._body()
+        if proxy.stopped:
+            self._reset()
+            return
         outcome = proxy.decide(self.command, self.path)
         proxy.record(self.command, self.path, outcome)
         if outcome == "reset":
@@ -209,6 +229,9 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
 
     def finish(self) -> None:
+        proxy: FlakyProxy = self.server.proxy  # type: ignore[attr-defined]
+        with proxy._lock:
+            proxy._conns.discard(self.connection)
         try:
             super().finish()
         except OSError:  # the connection was reset on purpose

@@ -291,7 +291,7 @@ def test_malformed_annotation_json_stops_before_the_stream(corpus: Corpus, tmp_p
 def test_every_reason_code_is_documented() -> None:
     doc = (ROOT / "docs" / "reliability.md").read_text()
     codes = set(REASON_CODES) | set(READ_REASON_CODES) | set(DECODE_REASON_CODES) | {
-        "teacher_failed", "check_failed"}
+        "teacher_failed", "check_failed", "prompt_too_long", "engine_error", "no_response"}
     missing = sorted(c for c in codes if f"`{c}`" not in doc)
     assert missing == [], f"undocumented reason codes: {missing}"
     assert "filters.md" in doc

@@ -125,16 +125,23 @@ def test_cluster_yaml_pins_the_project_versions(cluster_cfg):
     assert {".venv", ".git", "output", ".groundv"} <= set(cluster_cfg["rsync_exclude"])
 
 
-def test_teacher_configs_match_a_gpu_node_type(cluster_cfg):
-    """Every shipped teacher config that names an accelerator type can be served by cluster.yaml."""
+def test_teacher_configs_fit_the_gpu_node_type(cluster_cfg):
+    """Every shipped vLLM teacher config can be served by cluster.yaml: its engine pool fits the GPU
+    group at full scale, and a pinned accelerator type is the one the group offers."""
     _, _, gpu = node_types(cluster_cfg)
+    gpus = gpu["max_workers"] * gpu["resources"]["GPU"]
     teachers_dir = os.path.join(ROOT, "configs", "teachers")
-    names = sorted(os.listdir(teachers_dir)) if os.path.isdir(teachers_dir) else []
-    for name in names:
-        acc = (((load_yaml(os.path.join(teachers_dir, name)) or {}).get("teacher") or {}).get("vllm") or {}).get(
-            "accelerator_type")
-        if acc is not None:
-            assert acc == accelerator_of(gpu), f"configs/teachers/{name}: accelerator_type {acc}"
+    checked = []
+    for name in sorted(os.listdir(teachers_dir)):
+        teacher = load_yaml(os.path.join(teachers_dir, name))["teacher"]
+        if teacher.get("backend") != "vllm":
+            continue
+        v = teacher["vllm"]
+        assert v.get("max_engines", 1) * v.get("gpus_per_engine", 1) <= gpus, name
+        assert v.get("gpus_per_engine", 1) <= gpu["resources"]["GPU"], name
+        assert v.get("accelerator_type") in (None, accelerator_of(gpu)), name
+        checked.append(name)
+    assert "qwen2_5_vl_7b.yaml" in checked
 
 
 # ------------------------------------------------------------------------------ k8s/rayjob.yaml

@@ -55,14 +55,23 @@ def test_found_missing_and_failed_units(tmp_path):
         assert out.schema.field(name).type == typ
 
 
-def test_identity_is_the_file_hash(tmp_path):
+def test_identity_is_the_source_and_prompt_settings_not_the_file(tmp_path):
+    # Keys must be known at export time, before the answers exist: the file is not in the identity.
     uri = write_jsonl(tmp_path / "r.jsonl", [{"gen_key": "k1", "response": ANSWER}])
-    teacher = ReplayTeacher(uri, StorageSpec())
-    with open(uri, "rb") as fh:
-        assert teacher.identity() == {"backend": "replay", "model": "replay",
-                                      "responses_sha256": hashlib.sha256(fh.read()).hexdigest()}
     uri2 = write_jsonl(tmp_path / "r2.jsonl", [{"gen_key": "k1", "response": ANSWER + " "}])
-    assert ReplayTeacher(uri2, StorageSpec()).identity_hash() != teacher.identity_hash()
+    settings = {"mode": "vision", "box_format": "xyxy", "pairs_per_unit": 3, "max_pixels": 1000}
+    a = ReplayTeacher(uri, StorageSpec(), source="api-batch-1", prompt_settings=settings)
+    assert a.identity() == {"backend": "replay", "model": "api-batch-1", **settings}
+    assert ReplayTeacher(uri2, StorageSpec(), source="api-batch-1", prompt_settings=settings).identity_hash() \
+        == a.identity_hash()
+    assert ReplayTeacher(uri, StorageSpec(), source="api-batch-2", prompt_settings=settings).identity_hash() \
+        != a.identity_hash()
+    other = dict(settings, box_format="xyxy_1000")
+    assert ReplayTeacher(uri, StorageSpec(), source="api-batch-1", prompt_settings=other).identity_hash() \
+        != a.identity_hash()
+    a.validate()
+    with open(uri, "rb") as fh:
+        assert a.sha256 == hashlib.sha256(fh.read()).hexdigest()
 
 
 @pytest.mark.parametrize("line, message", [
@@ -76,13 +85,13 @@ def test_identity_is_the_file_hash(tmp_path):
 def test_bad_lines_name_file_and_line(tmp_path, line, message):
     uri = write_jsonl(tmp_path / "bad.jsonl", [{"gen_key": "k1", "response": ANSWER}, line])
     with pytest.raises(ReplayFileError) as err:
-        ReplayTeacher(uri, StorageSpec())
+        ReplayTeacher(uri, StorageSpec()).validate()
     assert str(err.value).startswith(uri) and message in str(err.value)
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(ReplayFileError, match="not found"):
-        ReplayTeacher(str(tmp_path / "nope.jsonl"), StorageSpec())
+        ReplayTeacher(str(tmp_path / "nope.jsonl"), StorageSpec()).validate()
 
 
 def test_respond_batch_is_pure():
@@ -101,7 +110,8 @@ def test_reads_from_s3(s3_bucket):
     body = json.dumps({"gen_key": "k1", "response": ANSWER}).encode() + b"\n"
     boto3.client("s3", endpoint_url=endpoint).put_object(Bucket=bucket, Key="replay/r.jsonl", Body=body)
     teacher = ReplayTeacher(f"s3://{bucket}/replay/r.jsonl", StorageSpec(endpoint_url=endpoint))
-    assert teacher.identity()["responses_sha256"] == hashlib.sha256(body).hexdigest()
+    teacher.validate()
+    assert teacher.sha256 == hashlib.sha256(body).hexdigest()
     assert teacher.respond_table(units("k1")).column("response").to_pylist() == [ANSWER]
 
 

@@ -51,12 +51,12 @@ _REQUIRED_KEYS = ("id", "category_id", "segmentation", "bbox")
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 
 
-def load_annotation_json(uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+def load_annotation_json(uri: str, storage_options: dict[str, Any] | None = None, retries: int = 5) -> dict[str, Any]:
     """Parse an annotation file (local path or s3://...) and check its top-level sections."""
     # Retried like every other store read (pipelines/storage.py); a missing file raises
     # FileNotFoundError, a store that stays down StorageError naming the uri.
     fs, path = storage.open_fs(uri, storage_options)
-    raw = storage.with_retries(lambda: fs.cat_file(path), storage.StorageSpec(), f"read {uri}")
+    raw = storage.with_retries(lambda: fs.cat_file(path), storage.StorageSpec(retries=retries), f"read {uri}")
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -90,11 +90,14 @@ def read_source(
     annotations_uri: str,
     images_uri: str,
     storage_options: dict[str, Any] | None = None,
+    retries: int = 5,
 ) -> pa.Table:
-    """Read one source's annotation file into an IMAGE_SCHEMA table, one row per image (file order)."""
+    """Read one source's annotation file into an IMAGE_SCHEMA table, one row per image (file order).
+
+    `retries`: store retries of the file read (`storage.retries`)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown annotation format {fmt!r}; expected one of: {', '.join(FORMATS)}")
-    data = load_annotation_json(annotations_uri, storage_options)
+    data = load_annotation_json(annotations_uri, storage_options, retries)
     cats = parse_categories(data, annotations_uri)
     images = _checked_images(data["images"], annotations_uri)
     by_image, duplicates = _group_annotations(data["annotations"], {img["id"] for img in images})
