@@ -92,6 +92,9 @@ class TeacherConfig:
     box_format: str = "xyxy"  # xyxy | xyxy_resized | xyxy_1000, see teachers/object_table.py
     max_pixels: int = 1003520  # pixel budget of the image sent to the teacher (resized on CPU)
     responses: str | None = None  # replay backend: JSONL of {"gen_key", "response"}
+    # replay backend: a name for the external teacher that wrote the responses (part of the keys,
+    # so export_prompts.py and the replay build agree on them; name a new batch differently)
+    replay_source: str = "external"
     vllm: VllmConfig = field(default_factory=VllmConfig)
 
 

@@ -29,7 +29,9 @@ def batch_stats(
     for r in raw_rows:
         s = task(r["task"])
         s["units"] += 1
-        if r["response"] is not None or r["teacher_error"] is not None:
+        # A call = a response, or a failed engine request; a replay unit with no answer is no call.
+        err = r["teacher_error"]
+        if r["response"] is not None or (err is not None and not err.startswith("no_response")):
             s["teacher_calls"] += 1
         s["accepted"] += r["n_accepted"] or 0
         s["units_accepted"] += r["outcome"] == OUTCOME_ACCEPTED

@@ -169,6 +169,7 @@ def test_flaky_store_same_output(ray_session: Any, s3_sample: dict[str, Any], tm
     with FlakyProxy(endpoint, seed=20251122, p_503=0.10, p_reset=0.05, p_reset_after=0.05) as proxy:
         assert run_build(tmp_path, "flaky", _with(cfg, f"s3://{bucket}/flaky", proxy.url)) == 0
         counts = proxy.counts()
+    print(f"flaky proxy outcomes: {dict(counts)}")
     assert counts["503"] > 0 and counts["reset"] > 0 and counts["reset_after"] > 0, counts
     want = dataset_rows(f"s3://{bucket}/ref", endpoint)
     got = dataset_rows(f"s3://{bucket}/flaky", endpoint)
