@@ -7,9 +7,9 @@ import os
 import boto3
 import pytest
 import yaml
-from pipelines.sample_data import ensure_sample_dataset
 
 from pipelines.build_groundv import main
+from pipelines.sample_data import ensure_sample_dataset
 from schemas.columns import TASKS
 from tests.dataset_checks import (
     SourceMasks,
