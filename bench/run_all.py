@@ -111,13 +111,16 @@ def rows_rebuild(r: dict[str, Any]) -> list[Row]:
 def rows_teacher(r: dict[str, Any]) -> list[Row]:
     tag = " (CPU, tiny model)" if r.get("cpu_tiny") else ""
     bare, ray = r.get("bare") or {}, r.get("ray") or {}
-    return [
+    rows = [
         Row("teacher_throughput", f"bare vLLM output tok/s{tag}", fmt(bare.get("output_tok_per_s")), "", ""),
         Row("teacher_throughput", f"Ray teacher stage output tok/s{tag}", fmt(ray.get("output_tok_per_s")), "", ""),
         Row("teacher_throughput", "Ray / bare, steady state", fmt(r.get("ray_over_bare_output_tok_per_s")), "", ""),
         Row("teacher_throughput", "Ray / bare, wall incl. start-up", fmt(r.get("ray_over_bare_output_tok_per_s_wall")),
             "", ""),
     ]
+    for row in rows:  # a null is a number the bench could not measure (e.g. no steady state on CPU)
+        row.value = row.value or "n/a"
+    return rows
 
 
 EXTRACTORS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {

@@ -192,7 +192,9 @@ def _ray_pass(teacher: Any, units: list[dict[str, Any]]) -> dict[str, Any]:
         out += sum(v or 0 for v in batch.column("output_tokens").to_pylist())
         inp += sum(v or 0 for v in batch.column("prompt_tokens").to_pylist())
         errors += sum(e is not None for e in batch.column("teacher_error").to_pylist())
-    return {"wall": time.perf_counter() - t0, "out": out, "in": inp, "errors": errors}
+    wall = time.perf_counter() - t0
+    print(f"[bench]   ray pass: {len(units)} units, {wall:.1f} s, {out} output tokens", flush=True)
+    return {"wall": wall, "out": out, "in": inp, "errors": errors}
 
 
 def _result(name: str, units: list[dict[str, Any]], wall: float, startup: float, gen_s: float,
@@ -255,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
                *(["--config", args.config] if args.config else []), *args.overrides]
         print(f"[bench] running {path} path ...", flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True)
+        for ln in proc.stdout.splitlines():
+            if ln.startswith("[bench]"):
+                print(ln, flush=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if not lines:
             sys.stderr.write(proc.stderr[-4000:])

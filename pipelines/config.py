@@ -118,12 +118,15 @@ class RayConfig:
 @dataclass
 class StreamConfig:
     blocks_per_image_batch: int = 1
-    image_batch_size: int = 16
+    image_batch_size: int = 64
     teacher_batch_size: int = 32
     check_batch_size: int = 64
     write_batch_size: int = 256
     check_actors_min: int = 1
     check_actors_max: int = 2
+    # CPU teachers (template, replay): run read..write as one fused actor stage (see stream.py)
+    fuse_cpu_stages: bool = True
+    cpu_actors_max: int | None = None  # fused stage pool size; default: the cluster's CPUs / 2
     max_image_pixels: int = 50_000_000  # decompression-bomb guard, checked before decoding
     status_interval_s: float = 10.0
 

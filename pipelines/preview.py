@@ -51,6 +51,7 @@ from pipelines.render import (  # noqa: E402
     fit_within,
     pick_colours,
 )
+from pipelines.sample_data import MARKER_NAME  # noqa: E402
 from pipelines.sources import resolve_sources  # noqa: E402
 from pipelines.stages.images import to_rgb  # noqa: E402
 from pipelines.state import list_versions, load_manifest  # noqa: E402
@@ -115,8 +116,13 @@ class SourceIndex:
         self.error: str | None = None
         self._specs: dict[str, Any] = {}
         self._records: dict[str, dict[int, dict[str, Any]]] = {}
+        cfg = OmegaConf.create(m.config)
         try:
-            self._specs = {s.name: s for s in resolve_sources(OmegaConf.create(m.config))}
+            if not cfg.data.sources:  # the embedded sample: use it where it is, never generate it here
+                marker = os.path.join(os.path.abspath(cfg.data.sample.dir), MARKER_NAME)
+                if not os.path.exists(marker):
+                    raise FileNotFoundError(f"no sample dataset at {os.path.dirname(marker)}")
+            self._specs = {s.name: s for s in resolve_sources(cfg)}
         except Exception as exc:  # noqa: BLE001 - a preview must still show the union masks
             self.error = f"sources unavailable: {type(exc).__name__}: {exc}"
 

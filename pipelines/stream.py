@@ -52,10 +52,40 @@ def init_ray(cfg: GroundVConfig) -> None:
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=runtime_env or None)
 
 
+class FusedCpuStage:
+    """Read -> decode/fan-out -> teacher -> check -> write in one actor, for teachers that run in
+    process on CPU (template, replay).
+
+    The stages stay separate classes (each testable alone); chaining them in one Ray Data operator
+    removes four hand-offs between actor pools, which measured as most of the overhead on small
+    CPU machines (bench/README.md). GPU teachers keep separate stages so the engine pool scales alone.
+    """
+
+    def __init__(self, store: StorageSpec, teacher: Teacher, cfg_stream: Any, max_pixels: int, filters: Any,
+                 output: str, build_id: str) -> None:
+        self.read = ReadImages(store)
+        self.decode = DecodeAndFanOut(teacher.needs_image, max_pixels, int(cfg_stream.max_image_pixels))
+        self.teach = teacher.cpu_stage()
+        self.check = CheckUnits(filters, teacher.label())
+        self.write = ShardWriter(output, store, build_id)
+
+    def __call__(self, batch: Any) -> Any:
+        return self.write(self.check(self.teach(self.decode(self.read(batch)))))
+
+
 def build_stream(plan: Plan, teacher: Teacher, cfg: Any, store: StorageSpec, build_id: str) -> ray.data.Dataset:
     s = cfg.stream
     blocks = split_for_stream(plan.work, s.image_batch_size)
     ds = ray.data.from_arrow(blocks)
+    if teacher.cpu_stage() is not None and s.fuse_cpu_stages:
+        n = s.cpu_actors_max or max(1, int(ray.cluster_resources().get("CPU", 1)) // 2)
+        return ds.map_batches(
+            FusedCpuStage,
+            fn_constructor_args=(store, teacher, s, int(cfg.teacher.max_pixels), cfg.filters, cfg.output.uri,
+                                 build_id),
+            batch_size=s.image_batch_size, batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, n)),
+        )
     # Read bytes once per image (I/O bound tasks), then decode/resize and fan out to units.
     ds = ds.map_batches(ReadImages, fn_constructor_args=(store,), batch_size=s.image_batch_size,
                         batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),

@@ -65,6 +65,9 @@ class TemplateTeacher(Teacher):
         """The stage's work on one batch, callable without Ray (tests, the single-process bench)."""
         return TemplateRespond(self.specs, self.n_pairs)(table)
 
+    def cpu_stage(self) -> TemplateRespond:
+        return TemplateRespond(self.specs, self.n_pairs)
+
     def attach(self, ds: ray.data.Dataset) -> ray.data.Dataset:
         return ds.map_batches(TemplateRespond, fn_constructor_args=(self.specs, self.n_pairs),
                               batch_size=self.batch_size, batch_format="pyarrow",

@@ -40,6 +40,12 @@ class Teacher(ABC):
     def attach(self, ds: ray.data.Dataset) -> ray.data.Dataset:
         """Add the TEACHER_OUT_FIELDS columns to every unit row of `ds`."""
 
+    def cpu_stage(self) -> Any:
+        """A callable over pyarrow tables doing `attach`'s work in process, for backends that run
+        on CPU without a model server (template, replay); None otherwise. The stream may fuse it
+        with the other CPU stages."""
+        return None
+
     def validate(self) -> None:  # noqa: B027 - optional hook, most backends need no check
         """Check what the backend needs (files, model paths) before any work is scheduled."""
 

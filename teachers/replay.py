@@ -156,6 +156,9 @@ class ReplayTeacher(Teacher):
         """The stage's work on one batch, callable without Ray."""
         return respond_batch(table, self.responses)
 
+    def cpu_stage(self) -> ReplayRespond:
+        return ReplayRespond(self.responses)
+
     def attach(self, ds: ray.data.Dataset) -> ray.data.Dataset:
         # A plain function over a picklable object: the map ships with each task (no actor needed).
         return ds.map_batches(ReplayRespond(self.responses), batch_size=self.batch_size, batch_format="pyarrow")

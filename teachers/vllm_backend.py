@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 from typing import TYPE_CHECKING, Any, Mapping
 
 from teachers.base import PROMPT_CODE_VERSION, Teacher
@@ -181,6 +182,15 @@ class VllmTeacher(Teacher):
             # The pixel budget changes the image a vision teacher sees; irrelevant in text mode.
             "max_pixels": self.max_pixels if self.needs_image else None,
         }
+
+    def validate(self) -> None:
+        """Fail before any work is scheduled when a local model folder is missing or incomplete
+        (a hub id or s3:// source can only be checked by the engine on the GPU node)."""
+        src = self.model_source
+        if os.path.isabs(src) or src.startswith(("./", "../", "~")):
+            path = os.path.expanduser(src)
+            if not os.path.isfile(os.path.join(path, "config.json")):
+                raise ValueError(f"teacher.vllm.model_source: no config.json under local path {src!r}")
 
     def preprocess_fn(self) -> Any:
         return functools.partial(

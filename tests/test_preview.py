@@ -12,6 +12,7 @@ import base64
 import io
 import json
 import re
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -209,3 +210,36 @@ def test_preview_png_contact_sheet(build, tmp_path):
 def test_preview_no_version(tmp_path, capsys):
     assert preview_main(["--output", str(tmp_path / "empty"), "--out", str(tmp_path / "x.html")]) == 1
     assert "no versions" in capsys.readouterr().err
+
+
+def test_preview_without_sources_draws_the_union(build, tmp_path):
+    """Sources gone: each sample is still drawn, from its own union mask, and nothing is generated."""
+    out = tmp_path / "copy"
+    shutil.copytree(build["out"], out)
+    gone = tmp_path / "gone"
+    mpath = out / "manifests" / "v000001.json"
+    m = json.loads(mpath.read_text())
+    m["config"]["data"]["sample"]["dir"] = str(gone)
+    mpath.write_text(json.dumps(m))
+    page = tmp_path / "p.html"
+    assert preview_main(["--output", str(out), "--version", "1", "--n", "8", "--image-format", "png",
+                         "--out", str(page)]) == 0
+    assert not gone.exists()
+    samples = {r["sample_id"]: r for r in read_kind(str(out), m, "samples").to_pylist()}
+    drawn = 0
+    for card in parse_cards(page):
+        row = samples[card["attrs"]["data-key"]]
+        if row["task"] == "hallucination":
+            assert "no target" in card["text"]
+            continue
+        assert len(card["swatches"]) == 1 and "union of" in card["text"] and "sources unavailable" in card["text"]
+        shown = np.asarray(decode_data_uri(card["imgs"][0]).convert("RGB")).astype(int)
+        orig = np.asarray(Image.open(row["image_uri"]).convert("RGB")).astype(int)
+        union = decode_sample_mask(row["mask"])
+        c = np.asarray(card["swatches"][0])
+        closer = np.abs(shown[union] - c).sum(axis=1) < np.abs(orig[union] - c).sum(axis=1)
+        assert closer.mean() >= 0.95
+        outside = shown[~union]
+        assert (outside[:, 0] == outside[:, 1]).all() and (outside[:, 1] == outside[:, 2]).all()
+        drawn += 1
+    assert drawn >= 5

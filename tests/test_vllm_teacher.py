@@ -245,6 +245,14 @@ def test_processor_config_gpu_and_cpu_placement(specs):
                                 engine_kwargs={"tensor_parallel_size": 4}), specs)
 
 
+def test_validate_checks_local_model_dirs(specs, tmp_path):
+    with pytest.raises(ValueError, match="config.json"):
+        VllmTeacher(teacher_cfg(str(tmp_path / "missing")), specs).validate()
+    VllmTeacher(teacher_cfg("Qwen/Qwen2.5-VL-7B-Instruct"), specs).validate()  # hub id: the engine checks
+    (tmp_path / "config.json").write_text("{}")
+    VllmTeacher(teacher_cfg(str(tmp_path)), specs).validate()
+
+
 # ------------------------------------------------------------- real engine through Ray Data
 @pytest.fixture(scope="module")
 def text_model(tmp_path_factory):
