@@ -23,6 +23,7 @@ import io
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -278,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
                                                       bare["output_tok_per_s_wall"]),
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    if tmp:
+        shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as fh:
         json.dump(summary, fh, indent=2)
