@@ -444,16 +444,20 @@ def check_model_source(source: str, store: StorageSpec, key: str = "teacher.vllm
 
 
 # ------------------------------------------------------------------------------------ top-level errors
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_EXC_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Full|Failed)):\s?(?P<msg>.*)$")
+
+
 def root_cause(exc: BaseException) -> BaseException:
-    """The exception that actually went wrong, under Ray's wrappers (RayTaskError, Ray Data's
-    UserCodeException, ...): the first exception in the cause chain that is not Ray's own."""
+    """The exception that actually went wrong, under Ray's wrappers (RayTaskError keeps it in
+    `.cause`): the first exception in the cause chain that is not Ray's own."""
     seen: set[int] = set()
     e = exc
     while id(e) not in seen:
         seen.add(id(e))
         if not type(e).__module__.startswith("ray."):
             return e
-        nxt = getattr(e, "cause", None)  # RayTaskError keeps the original exception here
+        nxt = getattr(e, "cause", None)
         if not isinstance(nxt, BaseException):
             nxt = e.__cause__ or e.__context__
         if nxt is None:
@@ -462,13 +466,31 @@ def root_cause(exc: BaseException) -> BaseException:
     return e
 
 
+def cause_text(exc: BaseException) -> str:
+    """One line saying what went wrong, without credentials.
+
+    A failure inside a Ray Data stage reaches the driver as RayTaskError(UserCodeException) whose
+    original exception is only in the remote traceback text: the last exception line there that is
+    not Ray's own is the cause (e.g. "StorageError: cannot write ...: No space left on device").
+    """
+    cause = root_cause(exc)
+    if not type(cause).__module__.startswith("ray."):
+        if isinstance(cause, StorageError):
+            return scrub(f"{type(cause).__name__}: {' '.join(str(cause).split())}")[:600]
+        return describe(cause)
+    found = None
+    for line in _ANSI.sub("", str(exc)).splitlines():
+        m = _EXC_LINE.match(line.strip())
+        if m and not m.group("type").startswith("ray."):
+            found = f"{m.group('type').rsplit('.', 1)[-1]}: {m.group('msg')}"
+    return scrub(found)[:600] if found else describe(cause)
+
+
 def failure_message(exc: BaseException, output: str, committed_version: int | None = None) -> str:
     """What the build prints (stderr) when it stops after work started: the cause in one line, what
     state the dataset is in, and what to do. Never a credential."""
-    cause = root_cause(exc)
-    text = scrub(" ".join(str(cause).split())) if isinstance(cause, StorageError) else describe(cause)
     state = (f"{scrub(output)} is unchanged at manifest v{committed_version:06d}" if committed_version
              else f"the versions of {scrub(output)} are untouched")
-    return (f"groundv: build failed: {text}\n"
+    return (f"groundv: build failed: {cause_text(exc)}\n"
             f"groundv: nothing was committed by this build; {state}. Fix the cause and re-run the same "
             f"command: batches already written are reused, not paid again.")

@@ -66,6 +66,23 @@ def _plain(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
+# vLLM's engine core validates SamplingParams strictly after IPC: a float where it expects an int
+# (a YAML `seed: 1.0`, a numpy round-trip) kills the engine core thread and the job hangs.
+_FLOAT_SAMPLING = ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
+_INT_SAMPLING = ("max_tokens", "min_tokens", "top_k", "seed", "n")
+
+
+def _typed_sampling(sampling: dict[str, Any]) -> dict[str, Any]:
+    out = dict(sampling)
+    for k in _FLOAT_SAMPLING:
+        if out.get(k) is not None:
+            out[k] = float(out[k])
+    for k in _INT_SAMPLING:
+        if out.get(k) is not None:
+            out[k] = int(out[k])
+    return out
+
+
 class VllmTeacher(Teacher):
     """Teacher backend `vllm`: see the module doc. Built from the omegaconf `teacher` section."""
 
@@ -92,7 +109,7 @@ class VllmTeacher(Teacher):
         self.gpus_per_engine = int(v.gpus_per_engine)
         self.cpu_only = bool(v.cpu_only)
         self.runtime_env = _plain(v.runtime_env) or None
-        self.sampling = _plain(v.sampling) or {}
+        self.sampling = _typed_sampling(_plain(v.sampling) or {})
         self.sampling.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
         if "structured_outputs" in self.sampling or "guided_decoding" in self.sampling:
             raise ValueError("teacher.vllm.sampling: the answer schema is set per unit; remove "

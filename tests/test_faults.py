@@ -88,19 +88,34 @@ def _json_files(folder: Path) -> int:
     return sum(1 for _ in folder.rglob("*.json")) if folder.exists() else 0
 
 
-def test_killed_teacher_and_check_workers_lose_nothing(ray_session: Any, sample_dir: Path, tmp_path: Path) -> None:
-    base = [f"data.sample.dir={sample_dir}", "stream.image_batch_size=2", "stream.teacher_batch_size=4",
-            "stream.check_batch_size=4", "stream.write_batch_size=8", "stream.check_actors_max=1"]
-    ref, hit = tmp_path / "undisturbed", tmp_path / "killed"
-    assert main([*base, f"output.uri={ref}"]) == 0
+KILL_BASE = ["stream.image_batch_size=2", "stream.teacher_batch_size=4", "stream.check_batch_size=4",
+             "stream.write_batch_size=8", "stream.check_actors_max=1"]
 
+
+@pytest.fixture(scope="module")
+def undisturbed(ray_session: Any, sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
+    out = tmp_path_factory.mktemp("undisturbed") / "out"
+    assert main([f"data.sample.dir={sample_dir}", *KILL_BASE, f"output.uri={out}"]) == 0
+    return dataset_rows(str(out))
+
+
+@pytest.mark.parametrize(("fused", "victims"), [
+    (True, ("FusedCpuStage",)),  # default for CPU teachers: read..teacher..check..write in one actor
+    (False, ("TemplateRespond", "CheckUnits")),  # separate teacher and check actor pools
+], ids=["fused", "separate"])
+def test_killed_teacher_and_check_workers_lose_nothing(ray_session: Any, sample_dir: Path, tmp_path: Path,
+                                                       undisturbed: dict[str, list[str]], fused: bool,
+                                                       victims: tuple[str, ...]) -> None:
+    hit = tmp_path / "killed"
+    args = [f"data.sample.dir={sample_dir}", *KILL_BASE, f"stream.fuse_cpu_stages={str(fused).lower()}",
+            f"output.uri={hit}"]
     raylet = _raylet_pid()
     result: list[int] = []
     failure: list[BaseException] = []
 
     def build() -> None:
         try:
-            result.append(main([*base, f"output.uri={hit}"]))
+            result.append(main(args))
         except BaseException as exc:  # noqa: BLE001 - reported by the test thread
             failure.append(exc)
 
@@ -109,10 +124,10 @@ def test_killed_teacher_and_check_workers_lose_nothing(ray_session: Any, sample_
     killed: dict[str, int] = {}
     receipts_at_kill = 0
     deadline = time.monotonic() + 600
-    while thread.is_alive() and len(killed) < 2 and time.monotonic() < deadline:
+    while thread.is_alive() and len(killed) < len(victims) and time.monotonic() < deadline:
         # Mid-run: the stream has written at least one batch and nothing is committed yet.
         if _json_files(hit / "receipts") >= 1 and not (hit / "manifests").exists():
-            for stage in ("TemplateRespond", "CheckUnits"):
+            for stage in victims:
                 pids = _actor_pids(raylet, stage)
                 if stage not in killed and pids:
                     os.kill(pids[0], signal.SIGKILL)
@@ -121,14 +136,14 @@ def test_killed_teacher_and_check_workers_lose_nothing(ray_session: Any, sample_
         time.sleep(0.05)
     thread.join(timeout=900)
     assert not thread.is_alive() and failure == [] and result == [0]
-    assert set(killed) == {"TemplateRespond", "CheckUnits"}, f"nothing to kill mid-run: {killed}"
+    assert set(killed) == set(victims), f"nothing to kill mid-run: {killed}"
     for pid in killed.values():
         assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
 
-    want, got = dataset_rows(str(ref)), dataset_rows(str(hit))
-    assert gen_keys(got) == gen_keys(want) and len(gen_keys(got)) > 0
+    got = dataset_rows(str(hit))
+    assert gen_keys(got) == gen_keys(undisturbed) and len(gen_keys(got)) > 0
     for kind in KINDS:
-        assert got[kind] == want[kind], f"{kind} differ after the kills"
+        assert got[kind] == undisturbed[kind], f"{kind} differ after the kills"
     m = latest_manifest(str(hit))
     assert m["version"] == 1
     # Work went on after the kills: more batches were committed than had receipts at kill time.
@@ -300,3 +315,26 @@ def test_local_output_fault_keeps_the_previous_version(ray_session: Any, sample_
     assert words in err and "cannot write" in err, err[-1500:]
     assert local_manifests(out) == v1  # v1 byte for byte, no v2
     assert not list(out.rglob(".tmp-*")), "a failed write left a temp file behind"
+
+
+def test_failure_message_finds_the_cause_under_ray_wrappers() -> None:
+    """A stage failure reaches the driver as a Ray wrapper whose original exception survives only
+    in the remote traceback text; the message must still name it (and the dataset's state)."""
+    from ray.exceptions import RayError
+
+    from pipelines.storage import StorageError, failure_message
+
+    remote = RayError(
+        "\x1b[36mray::MapWorker(MapBatches(ShardWriter)).submit()\x1b[39m (pid=1)\n"
+        '  File "pipelines/storage.py", line 1, in write_bytes\n'
+        "OSError: [Errno 28] No space left on device\n\n"
+        "The above exception was the direct cause of the following exception:\n\n"
+        "pipelines.storage.StorageError: cannot write /out/data/x.parquet: No space left on device (free space)\n\n"
+        "The above exception was the direct cause of the following exception:\n\n"
+        "ray.exceptions.UserCodeException: UDF failed to process a data block.\n"
+    )
+    msg = failure_message(remote, "/out", 3)
+    assert msg.startswith("groundv: build failed: StorageError: cannot write /out/data/x.parquet: No space left")
+    assert "unchanged at manifest v000003" in msg and "re-run the same command" in msg
+    local = failure_message(StorageError(5, "read s3://b/k: the store kept failing"), "s3://b/out")
+    assert "StorageError: read s3://b/k: the store kept failing" in local and "versions of s3://b/out" in local
