@@ -25,7 +25,7 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from pipelines import storage  # noqa: E402
 from pipelines.config import ConfigError, load_config  # noqa: E402
-from pipelines.state import list_versions, load_manifest  # noqa: E402
+from pipelines.state import list_versions, load_manifest, output_of  # noqa: E402
 from pipelines.storage import StorageSpec  # noqa: E402
 from schemas.columns import KIND_SAMPLES, TASKS  # noqa: E402
 from schemas.manifest import Manifest  # noqa: E402
@@ -118,9 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"manifest: configuration error: {exc}", file=sys.stderr)
         return 2
-    store = StorageSpec(cfg.storage.endpoint_url, int(cfg.storage.retries))
-    output = args.output or cfg.output.uri
-    output = output if storage.is_s3(output) else os.path.abspath(output)
+    store, output = output_of(cfg, args.output)
     versions = list_versions(output, store)
     if not versions:
         print(f"manifest: no versions under {output}", file=sys.stderr)

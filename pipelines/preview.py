@@ -54,7 +54,7 @@ from pipelines.render import (  # noqa: E402
 from pipelines.sample_data import MARKER_NAME  # noqa: E402
 from pipelines.sources import resolve_sources  # noqa: E402
 from pipelines.stages.images import to_rgb  # noqa: E402
-from pipelines.state import list_versions, load_manifest  # noqa: E402
+from pipelines.state import list_versions, load_manifest, output_of  # noqa: E402
 from pipelines.storage import StorageSpec  # noqa: E402
 from schemas.columns import KIND_REJECTS, KIND_SAMPLES, TASKS  # noqa: E402
 from schemas.manifest import Manifest  # noqa: E402
@@ -393,9 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"preview: configuration error: {exc}", file=sys.stderr)
         return 2
-    store = StorageSpec(cfg.storage.endpoint_url, int(cfg.storage.retries))
-    output = args.output or cfg.output.uri
-    output = output if storage.is_s3(output) else os.path.abspath(output)
+    store, output = output_of(cfg, args.output)
     versions = list_versions(output, store)
     if not versions:
         print(f"preview: no versions under {output}", file=sys.stderr)

@@ -7,8 +7,10 @@ Readers of the dataset never list `data/`; the builder lists only `manifests/` a
 from __future__ import annotations
 
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -127,3 +129,10 @@ def read_responses(output: str, ledger: Ledger, keys_by_batch: dict[str, set[str
                 if r["gen_key"] in keys:
                     out[r["gen_key"]] = r
     return out
+
+
+def output_of(cfg: Any, output_arg: str | None) -> tuple[StorageSpec, str]:
+    """The store and the absolute output uri a CLI tool works on (`--output` or the config's)."""
+    store = StorageSpec(cfg.storage.endpoint_url, int(cfg.storage.retries))
+    output = output_arg or cfg.output.uri
+    return store, output if storage.is_s3(output) else os.path.abspath(output)
