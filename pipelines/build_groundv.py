@@ -27,6 +27,7 @@ from pipelines.commit import CommitConflict, clean_receipts, select_existing, wr
 from pipelines.config import ConfigError, config_hash, load_config, parse_args, resolved  # noqa: E402
 from pipelines.filters.settings import filter_version  # noqa: E402
 from pipelines.plan import Plan, make_plan  # noqa: E402
+from pipelines.readers import AnnotationFileError  # noqa: E402
 from pipelines.report import Progress, print_plan, print_summary  # noqa: E402
 from pipelines.sources import load_exclusions, load_images, resolve_sources  # noqa: E402
 from pipelines.state import (  # noqa: E402
@@ -38,7 +39,14 @@ from pipelines.state import (  # noqa: E402
     read_responses,
 )
 from pipelines.stats import merge_stats, totals  # noqa: E402
-from pipelines.storage import StorageSpec  # noqa: E402
+from pipelines.storage import (  # noqa: E402
+    StorageError,
+    StorageSpec,
+    check_all_reachable,
+    check_model_source,
+    failure_message,
+    scrub,
+)
 from schemas.columns import KIND_SAMPLES, TASKS  # noqa: E402
 from schemas.manifest import Manifest  # noqa: E402
 from teachers.backends import build_teacher  # noqa: E402
@@ -127,7 +135,10 @@ def commit(ctx: BuildContext, p: Plan, ledger: Ledger, current: Manifest | None,
                  "settings": resolved(ctx.cfg)["filters"]},
         stats=stats, build_id=ctx.build_id,
     )
-    clean_receipts(ctx.output, ctx.store, [r.uri for r in receipts])
+    try:
+        clean_receipts(ctx.output, ctx.store, [r.uri for r in receipts])
+    except OSError as exc:  # the version is committed; stale receipts are only re-read, never wrong
+        print(f"groundv: committed v{m.version:06d}, but could not delete old receipts ({exc})", file=sys.stderr)
     return m
 
 
@@ -183,40 +194,76 @@ def cost_gpus(cfg) -> float:
     return 0.0
 
 
+def preflight(cfg) -> None:
+    """Everything that would fail later and can be checked in seconds, before Ray starts: every
+    store is reachable with these credentials, input files exist, the teacher's weights exist."""
+    store = StorageSpec(cfg.storage.endpoint_url, int(cfg.storage.retries))
+    uris: dict[str, str] = {"output.uri": str(cfg.output.uri)}
+    must: set[str] = set()
+    for i, src in enumerate(cfg.data.sources):
+        for key in ("annotations", "images"):
+            uris[f"data.sources[{i}].{key}"] = str(src[key])
+            must.add(f"data.sources[{i}].{key}")
+    if isinstance(cfg.data.exclude_image_ids, str):
+        uris["data.exclude_image_ids"] = cfg.data.exclude_image_ids
+        must.add("data.exclude_image_ids")
+    if str(getattr(cfg.teacher.backend, "value", cfg.teacher.backend)) == "replay" and cfg.teacher.responses:
+        uris["teacher.responses"] = str(cfg.teacher.responses)
+        must.add("teacher.responses")
+    check_all_reachable(uris, store, frozenset(must))
+    if str(getattr(cfg.teacher.backend, "value", cfg.teacher.backend)) == "vllm":
+        check_model_source(str(cfg.teacher.vllm.model_source), store)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
+        preflight(cfg)  # seconds, before Ray starts: stores reachable, inputs and model exist
         ctx = BuildContext(cfg)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        print(f"groundv: configuration error: {exc}", file=sys.stderr)
+    except (ConfigError, StorageError, FileNotFoundError, ValueError) as exc:
+        print(f"groundv: configuration error: {scrub(str(exc))}", file=sys.stderr)
         return 2
-    wall_start = time.monotonic()
     own: set[str] = set()
-    first, ledger, current, receipts = plan(ctx, own)
+    wall_start = time.monotonic()
+    try:
+        first, ledger, current, receipts = plan(ctx, own)
+    except (AnnotationFileError, FileNotFoundError) as exc:  # bad input files: before the stream
+        print(f"groundv: input error: {scrub(str(exc))}", file=sys.stderr)
+        return 2
+    except StorageError as exc:  # the store failed while planning: nothing was written
+        print(failure_message(exc, ctx.output), file=sys.stderr)
+        return 4
     print_plan(first)
     if args.dry_run:
         print("dry run: nothing written")
         return 0
-    progress = Progress(first.units_to_run, float(cfg.stream.status_interval_s))
-    p = first
-    for _ in range(MAX_ROUNDS):
-        if p.units_to_run:
-            own |= stream(ctx, p, ledger, progress)
-            # Re-plan against what is durable now (our receipts included): the same path resumes a
-            # crashed build and resolves a commit race.
-            p, ledger, current, receipts = plan(ctx, own)
+    start_version = current.version if current else None
+    try:
+        progress = Progress(first.units_to_run, float(cfg.stream.status_interval_s))
+        p = first
+        for _ in range(MAX_ROUNDS):
             if p.units_to_run:
-                continue
-        try:
-            m = commit(ctx, p, ledger, current, receipts, first, progress, wall_start)
-            break
-        except CommitConflict as exc:
-            print(f"groundv: {exc}; re-planning against it", file=sys.stderr)
-            p, ledger, current, receipts = plan(ctx, own)
-    else:
-        print("groundv: could not commit after several rounds (concurrent builds?)", file=sys.stderr)
-        return 3
+                own |= stream(ctx, p, ledger, progress)
+                # Re-plan against what is durable now (our receipts included): the same path resumes a
+                # crashed build and resolves a commit race.
+                p, ledger, current, receipts = plan(ctx, own)
+                if p.units_to_run:
+                    continue
+            try:
+                m = commit(ctx, p, ledger, current, receipts, first, progress, wall_start)
+                break
+            except CommitConflict as exc:
+                print(f"groundv: {exc}; re-planning against it", file=sys.stderr)
+                p, ledger, current, receipts = plan(ctx, own)
+        else:
+            print("groundv: could not commit after several rounds (concurrent builds?)", file=sys.stderr)
+            return 3
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the one place that turns any failure into a clear exit
+        print(failure_message(exc, ctx.output, start_version), file=sys.stderr)
+        return 4
     print_summary(m, manifest_uri(ctx.output, m.version), first)
     return 0
 

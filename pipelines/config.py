@@ -8,15 +8,18 @@ semantic checks are in `validate`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Dict, List
 
+import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from pipelines.filters.settings import FilterSettings
 from schemas.columns import TASKS
@@ -168,10 +171,19 @@ def load_config(config_files: list[str], overrides: list[str]) -> DictConfig:
     for path in [DEFAULT_CONFIG, *config_files]:
         if not os.path.exists(path):
             raise ConfigError(f"config file not found: {path}")
-        layers.append((path, OmegaConf.load(path)))
+        try:
+            layers.append((path, OmegaConf.load(path)))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"overrides must be key=value, got {bad[0]!r}")
+    for o in overrides:
+        try:
+            OmegaConf.from_dotlist([o])
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {o!r}: the value is not valid YAML ({' '.join(str(exc).split())}); "
+                              "write mappings as key='{a: 1, b: 2}' (a space after each colon)") from None
     layers.append(("command line", OmegaConf.from_dotlist(overrides)))
     for origin, layer in layers:
         try:
@@ -185,7 +197,31 @@ def load_config(config_files: list[str], overrides: list[str]) -> DictConfig:
 def _explain(exc: OmegaConfBaseException, origin: str) -> str:
     key = getattr(exc, "full_key", None) or "?"
     msg = str(exc).splitlines()[0]
-    return f"bad config key '{key}' (from {origin}): {msg}"
+    hint = ""
+    if isinstance(exc, ConfigKeyError) and "did you mean" not in msg.lower():
+        # unknown key and omegaconf has no close match: say which keys exist there
+        valid = _valid_keys(exc)
+        if valid:
+            hint = f"; valid keys here: {', '.join(sorted(valid))}"
+    return f"bad config key '{key}' (from {origin}): {msg}{hint}"
+
+
+def _valid_keys(exc: OmegaConfBaseException) -> list[str]:
+    typ = getattr(exc, "object_type", None)
+    if dataclasses.is_dataclass(typ):
+        return [f.name for f in dataclasses.fields(typ)]
+    node = getattr(exc, "parent_node", None)
+    try:
+        return [str(k) for k in node.keys()] if node is not None else []
+    except Exception:  # noqa: BLE001 - a hint only
+        return []
+
+
+_SOURCE_FIELD_HELP = {
+    "name": "a unique name for the source",
+    "annotations": "the uri of its annotation JSON (local path or s3://bucket/key)",
+    "images": "the uri prefix its file names are relative to (local folder or s3://bucket/prefix)",
+}
 
 
 def validate(cfg: DictConfig) -> None:
@@ -196,7 +232,7 @@ def validate(cfg: DictConfig) -> None:
     for i, src in enumerate(cfg.data.sources):
         for key in ("name", "annotations", "images"):
             if OmegaConf.is_missing(src, key) or not str(src[key]).strip():
-                raise ConfigError(f"data.sources[{i}].{key} is missing")
+                raise ConfigError(f"data.sources[{i}].{key} is missing; set it to {_SOURCE_FIELD_HELP[key]}")
         if OmegaConf.is_missing(src, "format"):
             raise ConfigError(f"data.sources[{i}].format is missing (coco | lvis | paco)")
         for t in src.tasks or []:
@@ -232,9 +268,28 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("output.uri is empty")
 
 
+# Keys whose values are credentials wherever they appear (runtime_env env_vars, engine_kwargs, ...):
+# HF_TOKEN, hf_token, AWS_SESSION_TOKEN, *secret*, *password*, api_key, access_key ... but not max_tokens.
+_SECRET_KEY = re.compile(r"(^|_)token$|secret|passw|api_?key|access_?key|credential|private_?key", re.IGNORECASE)
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s:]+:[^/@\s]*@")
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: ("***" if _SECRET_KEY.search(str(k)) and value[k] not in (None, "") else _redact(value[k]))
+                for k in value}
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    if isinstance(value, str):
+        return _URL_USERINFO.sub(lambda m: m.group("scheme") + "***@", value)
+    return value
+
+
 def resolved(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as plain JSON-able data (no secrets: credentials are never config)."""
-    return json.loads(json.dumps(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)))
+    """The resolved config as plain JSON-able data, credentials redacted: what the manifest stores
+    and what is printed. Credentials belong in the AWS chain / the environment, but a token put in
+    `teacher.vllm.runtime_env.env_vars` or `engine_kwargs` must not be written out."""
+    return _redact(json.loads(json.dumps(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))))
 
 
 def config_hash(cfg: DictConfig) -> str:

@@ -64,6 +64,9 @@ def annotation_hash(image: Mapping[str, Any]) -> str:
             "absent": sorted(image["absent_categories"] or []),
             "not_exhaustive": sorted(image["not_exhaustive_categories"] or []),
             "error": image["image_error"],
+            # The unit's own image: two images with the same bytes and annotations (or two error
+            # records without a file) must never share a key, a ledger row or sample ids.
+            "unit": [image["source"], image["image_id"]],
         }
     )
 

@@ -81,7 +81,8 @@ def load_images(sources: list[SourceSpec], exclude: set[int], limit: int | None,
     tables = []
     excluded = 0
     for src in sources:
-        t = read_source(src.name, src.format, src.annotations, src.images, store.options_for(src.annotations))
+        t = read_source(src.name, src.format, src.annotations, src.images, store.options_for(src.annotations),
+                        retries=store.retries)
         if exclude:
             keep = pc.invert(pc.is_in(t.column("image_id"), value_set=pa.array(sorted(exclude), pa.int64())))
             excluded += t.num_rows - pc.sum(keep.cast(pa.int64())).as_py()
