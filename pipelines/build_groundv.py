@@ -106,6 +106,7 @@ def stream(ctx: BuildContext, p: Plan, ledger: Ledger, progress: Progress) -> se
             batches.add(rec["batch"])
             progress.add(json.loads(rec["stats"]))
         progress.stages.extend(stage_stats(ds))
+        print(progress.line(), flush=True)
     if p.refilter:
         wanted: dict[str, set[str]] = {}
         for u in p.refilter:

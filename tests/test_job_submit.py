@@ -245,8 +245,8 @@ def test_ray_job_submit_on_two_node_cluster(sample_dir, s3_bucket, tmp_path):
     assert status == "SUCCEEDED"
     assert "Active:" in nodes and nodes.count("node_") == 2, nodes
     # Ray's job logs show the stages ran and the build committed.
-    for stage in ("MapBatches(ReadImages)", "MapBatches(DecodeAndFanOut)", "MapBatches(TemplateRespond)",
-                  "MapBatches(CheckUnits)", "MapBatches(ShardWriter)"):
+    # CPU teacher: read -> decode -> teacher -> check -> write run fused in one actor stage.
+    for stage in ("MapBatches(FusedCpuStage)", "[groundv] units", "Ground-V build"):
         assert stage in logs, f"{stage} missing from the job logs"
     assert "manifest v000001: s3://" + bucket + "/out/manifests/v000001.json" in logs
 
