@@ -47,6 +47,7 @@ from pipelines.storage import (  # noqa: E402
     failure_message,
     scrub,
 )
+from pipelines.storage import join as storage_join  # noqa: E402
 from schemas.columns import KIND_SAMPLES, TASKS  # noqa: E402
 from schemas.manifest import Manifest  # noqa: E402
 from teachers.backends import build_teacher  # noqa: E402
@@ -59,7 +60,8 @@ MAX_ROUNDS = 4  # plan/stream/commit rounds before giving up on a commit race
 class BuildContext:
     """Everything the three steps share, resolved once from the config."""
 
-    def __init__(self, cfg, validate_teacher: bool = True) -> None:
+    def __init__(self, cfg, validate_teacher: bool = True, dry_run: bool = False) -> None:
+        self.dry_run = dry_run  # a dry run writes nothing, not even the source-index cache
         self.cfg = cfg
         self.store = StorageSpec(cfg.storage.endpoint_url, int(cfg.storage.retries))
         self.output = cfg.output.uri if cfg.output.uri.startswith("s3://") else os.path.abspath(cfg.output.uri)
@@ -77,7 +79,8 @@ class BuildContext:
 def plan(ctx: BuildContext, own_batches: set[str], use_existing: bool = True
          ) -> tuple[Plan, Ledger, Manifest | None, list]:
     """Source index -> units -> generation keys -> anti-join with the current version + receipts."""
-    imgs = load_images(ctx.sources, ctx.exclude, ctx.cfg.data.limit, ctx.store)
+    cache = None if ctx.dry_run else storage_join(ctx.output, "cache", "index")
+    imgs = load_images(ctx.sources, ctx.exclude, ctx.cfg.data.limit, ctx.store, cache)
     current = latest_manifest(ctx.output, ctx.store) if use_existing else None
     committed = {s.path for s in current.shards} if current else set()
     receipts = pending_receipts(ctx.output, ctx.store, committed) if use_existing else []
@@ -221,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         preflight(cfg)  # seconds, before Ray starts: stores reachable, inputs and model exist
-        ctx = BuildContext(cfg)
+        ctx = BuildContext(cfg, dry_run=args.dry_run)
     except (ConfigError, StorageError, FileNotFoundError, ValueError) as exc:
         print(f"groundv: configuration error: {scrub(str(exc))}", file=sys.stderr)
         return 2

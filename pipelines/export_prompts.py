@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             not any(o.startswith("teacher.responses=") for o in overrides):
         overrides.append("teacher.responses=(not needed to export)")  # the answers don't exist yet
     try:
-        ctx = BuildContext(load_config(args.config, overrides), validate_teacher=False)
+        ctx = BuildContext(load_config(args.config, overrides), validate_teacher=False, dry_run=True)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"export_prompts: configuration error: {exc}", file=sys.stderr)
         return 2
