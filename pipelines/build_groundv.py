@@ -27,6 +27,7 @@ from pipelines.commit import CommitConflict, clean_receipts, select_existing, wr
 from pipelines.config import ConfigError, config_hash, load_config, parse_args, resolved  # noqa: E402
 from pipelines.filters.settings import filter_version  # noqa: E402
 from pipelines.plan import Plan, make_plan  # noqa: E402
+from pipelines.preflight import check_all_reachable, check_model_source, failure_message, scrub  # noqa: E402
 from pipelines.readers import AnnotationFileError  # noqa: E402
 from pipelines.report import Progress, print_plan, print_summary  # noqa: E402
 from pipelines.sources import load_exclusions, load_images, resolve_sources  # noqa: E402
@@ -39,14 +40,7 @@ from pipelines.state import (  # noqa: E402
     read_responses,
 )
 from pipelines.stats import merge_stats, totals  # noqa: E402
-from pipelines.storage import (  # noqa: E402
-    StorageError,
-    StorageSpec,
-    check_all_reachable,
-    check_model_source,
-    failure_message,
-    scrub,
-)
+from pipelines.storage import StorageError, StorageSpec  # noqa: E402
 from pipelines.storage import join as storage_join  # noqa: E402
 from schemas.columns import KIND_SAMPLES, TASKS  # noqa: E402
 from schemas.manifest import Manifest  # noqa: E402

@@ -19,7 +19,8 @@ import yaml
 
 from pipelines import storage
 from pipelines.build_groundv import main
-from pipelines.storage import StorageError, StorageSpec, check_model_source, check_reachable
+from pipelines.preflight import check_model_source, check_reachable
+from pipelines.storage import StorageError, StorageSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -322,7 +322,8 @@ def test_failure_message_finds_the_cause_under_ray_wrappers() -> None:
     in the remote traceback text; the message must still name it (and the dataset's state)."""
     from ray.exceptions import RayError
 
-    from pipelines.storage import StorageError, failure_message
+    from pipelines.preflight import failure_message
+    from pipelines.storage import StorageError
 
     remote = RayError(
         "\x1b[36mray::MapWorker(MapBatches(ShardWriter)).submit()\x1b[39m (pid=1)\n"
