@@ -314,7 +314,9 @@ def test_teacher_gpu_request_scales_gpu_node_type_from_zero(cluster_cfg, ray_ses
         cluster.stop()
 
     assert driver.returncode == 0, driver.stdout[-3000:] + driver.stderr[-3000:]
-    result = json.loads(driver.stdout.split("RESULT ", 1)[1])
+    # Ray may stream worker/autoscaler log lines to the driver's stdout after ours: take our line only.
+    line = next(x for x in driver.stdout.splitlines() if x.startswith("RESULT "))
+    result = json.loads(line[len("RESULT "):])
     # Before the job: the head alone (no CPU, no GPU offered).
     assert len(result["before"]) == 1 and result["before"][0].get("CPU", 0) == 0
     assert "GPU" not in result["before"][0]
