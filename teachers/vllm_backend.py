@@ -83,6 +83,11 @@ def _typed_sampling(sampling: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _secret_key(name: str) -> bool:
+    low = name.lower()
+    return any(w in low for w in ("token", "secret", "password", "api_key", "apikey", "credential"))
+
+
 class VllmTeacher(Teacher):
     """Teacher backend `vllm`: see the module doc. Built from the omegaconf `teacher` section."""
 
@@ -188,7 +193,9 @@ class VllmTeacher(Teacher):
             "model": self.model_source,
             "revision": self.revision,
             "sampling": dict(sorted(self.sampling.items())),
-            "engine": {k: v for k, v in sorted(self.engine_kwargs.items()) if k not in PERF_ONLY_ENGINE_KWARGS},
+            # Secret-looking kwargs (hf_token, ...) never enter a key or the manifest.
+            "engine": {k: v for k, v in sorted(self.engine_kwargs.items())
+                       if k not in PERF_ONLY_ENGINE_KWARGS and not _secret_key(k)},
             "answer_schema": ANSWER_SCHEMA_VERSION,
             "request": REQUEST_VERSION,
             "messages": MESSAGES_VERSION,

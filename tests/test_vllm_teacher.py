@@ -213,6 +213,10 @@ def test_identity_tracks_what_changes_answers(specs):
     same = VllmTeacher(teacher_cfg("/m", mode="vision", engine_kwargs={
         "max_model_len": 4096, "enable_prefix_caching": False, "seed": 0, "gpu_memory_utilization": 0.8}), specs)
     assert base.identity_hash() == same.identity_hash()  # perf-only knobs
+    secret = VllmTeacher(teacher_cfg("/m", mode="vision",
+                                     engine_kwargs={**base.engine_kwargs, "hf_token": "hf_SECRET123"}), specs)
+    assert secret.identity_hash() == base.identity_hash()  # credentials never enter keys / manifests
+    assert "hf_SECRET123" not in json.dumps(secret.identity())
     for changed in (
         VllmTeacher(teacher_cfg("/other", mode="vision"), specs),
         VllmTeacher(teacher_cfg("/m", mode="text"), specs),
