@@ -120,7 +120,6 @@ class RayConfig:
 
 @dataclass
 class StreamConfig:
-    blocks_per_image_batch: int = 1
     image_batch_size: int = 64
     teacher_batch_size: int = 32
     check_batch_size: int = 64

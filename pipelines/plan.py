@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -247,10 +247,3 @@ def split_for_stream(work: pa.Table, rows_per_block: int) -> list[pa.Table]:
     """Blocks for Ray Data: one table per `rows_per_block` images so read tasks run in parallel."""
     n = max(1, rows_per_block)
     return [work.slice(i, n) for i in range(0, work.num_rows, n)] or [work]
-
-
-def count_by(rows: Iterable[Mapping[str, Any]], key: str) -> dict[str, int]:
-    out: dict[str, int] = defaultdict(int)
-    for r in rows:
-        out[r[key]] += 1
-    return dict(out)

@@ -138,10 +138,6 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def _is_transient(exc: BaseException) -> bool:  # pragma: no cover - kept for older callers
-    return is_transient(exc)
-
-
 def describe(exc: BaseException) -> str:
     """`Type: message` of an exception, one line, without credentials."""
     text = " ".join(str(exc).split()) or repr(exc)
