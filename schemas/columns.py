@@ -244,3 +244,10 @@ RECEIPT_SCHEMA = pa.schema(
         ("stats", pa.string()),  # JSON: per-task counters of this batch (see pipelines/stats.py)
     ]
 )
+
+
+def field_names(schema_or_fields: pa.Schema | list[tuple[str, pa.DataType]]) -> list[str]:
+    """Column names of a schema or a field list, in order."""
+    if isinstance(schema_or_fields, pa.Schema):
+        return list(schema_or_fields.names)
+    return [name for name, _ in schema_or_fields]
