@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import tomllib
 
 import jsonschema
@@ -308,8 +309,15 @@ def test_teacher_gpu_request_scales_gpu_node_type_from_zero(cluster_cfg, ray_ses
         driver = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(spec)],
                                 env={**env, "RAY_ADDRESS": cluster.address},
                                 capture_output=True, text=True, timeout=240)
-        with open(os.path.join(cluster.temp_dir, "session_latest", "logs", "monitor.log")) as fh:
-            monitor_log = fh.read()
+        # The monitor writes its log asynchronously: wait (bounded) for the launch line to land.
+        log_path = os.path.join(cluster.temp_dir, "session_latest", "logs", "monitor.log")
+        deadline = time.monotonic() + 30
+        while True:
+            with open(log_path) as fh:
+                monitor_log = fh.read()
+            if "Adding 1 node(s) of type gpu_l40s" in monitor_log or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
     finally:
         cluster.stop()
 
