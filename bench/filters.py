@@ -29,9 +29,9 @@ from pycocotools import mask as mask_utils
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from pipelines.core.knowledge import load_knowledge  # noqa: E402
+from pipelines.core.object_table import build_object_table  # noqa: E402
 from pipelines.filters import FilterSettings, check_unit  # noqa: E402
-from teachers.knowledge import load_knowledge  # noqa: E402
-from teachers.object_table import build_object_table  # noqa: E402
 
 H, W = 480, 640
 CATEGORIES = ["dog", "cat", "horse", "sheep", "person", "cup", "chair", "bottle", "car", "bench"]

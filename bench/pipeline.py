@@ -2,7 +2,7 @@
 
 Both run the build's own plan over the embedded sample dataset with the CPU `template` teacher and
 write real Parquet shards + receipts:
-  * ray:  `pipelines.stream.build_stream` on a local Ray (what `build_groundv.py` runs), timed from
+  * ray:  `pipelines.build.stream.build_stream` on a local Ray (what `build_groundv.py` runs), timed from
           the dataset's creation to its last receipt (actor start-up included, cluster start-up not);
   * loop: one process, no Ray, the same stage callables called directly over Arrow batches:
           ReadImages -> DecodeAndFanOut -> TemplateRespond -> CheckUnits -> ShardWriter.
@@ -246,10 +246,10 @@ def child_loop(data_dir: str, images: int, out: str, overrides: list[str]) -> di
     """The same per-image work in one process: each stage's callable over Arrow batches, no Ray."""
     import pyarrow as pa
 
-    from pipelines.plan import split_for_stream
-    from pipelines.stages.check import CheckUnits
-    from pipelines.stages.images import DecodeAndFanOut, ReadImages
-    from pipelines.writers.shards import ShardWriter
+    from pipelines.build.plan import split_for_stream
+    from pipelines.build.stages.check import CheckUnits
+    from pipelines.build.stages.images import DecodeAndFanOut, ReadImages
+    from pipelines.build.stages.shards import ShardWriter
     from teachers.backends import TemplateRespond
 
     ctx, p = _context(data_dir, images, out, overrides)
@@ -334,9 +334,9 @@ class FusedStages:
     """
 
     def __init__(self, ctx_args: dict[str, Any]) -> None:
-        from pipelines.stages.check import CheckUnits
-        from pipelines.stages.images import DecodeAndFanOut, ReadImages
-        from pipelines.writers.shards import ShardWriter
+        from pipelines.build.stages.check import CheckUnits
+        from pipelines.build.stages.images import DecodeAndFanOut, ReadImages
+        from pipelines.build.stages.shards import ShardWriter
         from teachers.backends import TemplateRespond
 
         a = ctx_args
@@ -354,7 +354,7 @@ class FusedStages:
 def build_fused(p: Any, ctx: Any) -> Any:
     import ray.data
 
-    from pipelines.plan import split_for_stream
+    from pipelines.build.plan import split_for_stream
     from teachers.backends import TemplateTeacher
 
     assert isinstance(ctx.teacher, TemplateTeacher), "--variant fused needs the template teacher"
@@ -371,7 +371,7 @@ def child_ray(data_dir: str, images: int, out: str, overrides: list[str], fused:
     """The build's Ray Data stream (or `--variant fused`), timed, with the driver + workers sampled."""
     import ray
 
-    from pipelines.stream import build_stream, init_ray, iter_receipts
+    from pipelines.build.stream import build_stream, init_ray, iter_receipts
 
     with Sampler() as sampler:
         ctx, p = _context(data_dir, images, out, overrides)
@@ -417,7 +417,7 @@ def cores() -> int:
 
 
 def ensure_data(cache: str, images: int) -> str:
-    from pipelines.sample_data import ensure_sample_dataset
+    from pipelines.sources.sample_data import ensure_sample_dataset
 
     root = os.path.join(cache, f"sample-{images}")
     t0 = time.perf_counter()

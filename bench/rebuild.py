@@ -48,7 +48,7 @@ def main() -> int:
     args = ap.parse_args()
     n = 200 if args.quick else args.images
 
-    from pipelines.sample_data import ensure_sample_dataset
+    from pipelines.sources.sample_data import ensure_sample_dataset
 
     work = tempfile.mkdtemp(prefix="gv-rebuild-")
     sample = os.path.join(tempfile.gettempdir(), f"groundv-bench-sample-{n}")

@@ -44,7 +44,7 @@ def synthetic_units(n_units: int, needs_image: bool, max_pixels: int, seed: int 
     """UNIT_SCHEMA rows: one image per five units (one per task), 3..12 objects, some with parts."""
     from PIL import Image, ImageDraw
 
-    from pipelines.stages.images import fit_to_budget
+    from pipelines.build.stages.images import fit_to_budget
     from schemas.columns import TASKS
 
     rng = random.Random(seed)

@@ -23,15 +23,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from pipelines.commit import CommitConflict, clean_receipts, select_existing, write_manifest  # noqa: E402
+from pipelines.build.commit import CommitConflict, clean_receipts, select_existing, write_manifest  # noqa: E402
+from pipelines.build.plan import Plan, make_plan  # noqa: E402
+from pipelines.build.report import Progress, print_plan, print_summary  # noqa: E402
+from pipelines.build.stats import merge_stats, totals  # noqa: E402
 from pipelines.config import ConfigError, config_hash, load_config, parse_args, resolved  # noqa: E402
+from pipelines.core.knowledge import load_knowledge  # noqa: E402
 from pipelines.filters.settings import filter_version  # noqa: E402
-from pipelines.plan import Plan, make_plan  # noqa: E402
-from pipelines.preflight import check_all_reachable, check_model_source, failure_message, scrub  # noqa: E402
-from pipelines.readers import AnnotationFileError  # noqa: E402
-from pipelines.report import Progress, print_plan, print_summary  # noqa: E402
-from pipelines.sources import load_exclusions, load_images, resolve_sources  # noqa: E402
-from pipelines.state import (  # noqa: E402
+from pipelines.sources.readers import AnnotationFileError  # noqa: E402
+from pipelines.sources.resolve import load_exclusions, load_images, resolve_sources  # noqa: E402
+from pipelines.storage.fs import StorageError, StorageSpec  # noqa: E402
+from pipelines.storage.fs import join as storage_join  # noqa: E402
+from pipelines.storage.output import (  # noqa: E402
     Ledger,
     latest_manifest,
     manifest_uri,
@@ -39,13 +42,10 @@ from pipelines.state import (  # noqa: E402
     read_ledger,
     read_responses,
 )
-from pipelines.stats import merge_stats, totals  # noqa: E402
-from pipelines.storage import StorageError, StorageSpec  # noqa: E402
-from pipelines.storage import join as storage_join  # noqa: E402
+from pipelines.storage.preflight import check_all_reachable, check_model_source, failure_message, scrub  # noqa: E402
 from schemas.columns import KIND_SAMPLES, TASKS  # noqa: E402
 from schemas.manifest import Manifest  # noqa: E402
 from teachers.backends import build_teacher  # noqa: E402
-from teachers.knowledge import load_knowledge  # noqa: E402
 from teachers.prompts import default_prompts_dir, load_prompts  # noqa: E402
 
 MAX_ROUNDS = 4  # plan/stream/commit rounds before giving up on a commit race
@@ -93,7 +93,7 @@ def plan(ctx: BuildContext, own_batches: set[str], use_existing: bool = True
 def stream(ctx: BuildContext, p: Plan, ledger: Ledger, progress: Progress) -> set[str]:
     """Run the Ray Data stream over the units to generate (and the stored responses to re-check
     under new filter settings); returns the batches written."""
-    from pipelines.stream import build_refilter_stream, build_stream, init_ray, iter_receipts, stage_stats
+    from pipelines.build.stream import build_refilter_stream, build_stream, init_ray, iter_receipts, stage_stats
 
     init_ray(ctx.cfg)
     batches: set[str] = set()

@@ -92,7 +92,7 @@ class TeacherConfig:
     prompts_dir: str | None = None  # default: teachers/prompts
     pairs_per_unit: int = 3
     mode: str = "vision"  # vision | text (object table only, for text-only LLMs)
-    box_format: str = "xyxy"  # xyxy | xyxy_resized | xyxy_1000, see teachers/object_table.py
+    box_format: str = "xyxy"  # xyxy | xyxy_resized | xyxy_1000, see pipelines/core/object_table.py
     max_pixels: int = 1003520  # pixel budget of the image sent to the teacher (resized on CPU)
     responses: str | None = None  # replay backend: JSONL of {"gen_key", "response"}
     # replay backend: a name for the external teacher that wrote the responses (part of the keys,

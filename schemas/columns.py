@@ -241,7 +241,7 @@ RECEIPT_SCHEMA = pa.schema(
         ("batch", pa.string()),  # batch id; the receipt lives at receipts/<build_id>/<batch>.json
         ("shards", pa.list_(SHARD_ENTRY_TYPE)),
         ("units", pa.int64()),
-        ("stats", pa.string()),  # JSON: per-task counters of this batch (see pipelines/stats.py)
+        ("stats", pa.string()),  # JSON: per-task counters of this batch (see pipelines/build/stats.py)
     ]
 )
 

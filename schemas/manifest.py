@@ -1,7 +1,7 @@
 """The manifest model: one JSON file per committed dataset version.
 
 A shard is part of the dataset only when a manifest names it. Manifests are written once
-(create-if-absent) and never modified; see pipelines/commit.py.
+(create-if-absent) and never modified; see pipelines/build/commit.py.
 """
 
 from __future__ import annotations

@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from pipelines.core.knowledge import DEFAULT_KNOWLEDGE_PATH, load_knowledge
 from teachers.base import Teacher, append_teacher_columns
-from teachers.knowledge import load_knowledge
 from teachers.prompts import PromptSpec
 from teachers.template import template_respond_batch
 
 if TYPE_CHECKING:  # pragma: no cover
     import ray.data
 
-    from pipelines.storage import StorageSpec
+    from pipelines.storage.fs import StorageSpec
 
 TEMPLATE_VERSION = "template-1"
-KNOWLEDGE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "knowledge.yaml")
+KNOWLEDGE_PATH = DEFAULT_KNOWLEDGE_PATH  # its content hash is part of the template identity
 
 
 def file_sha256(path: str) -> str:
@@ -47,7 +46,7 @@ class TemplateRespond:
 
 
 class TemplateTeacher(Teacher):
-    """Deterministic CPU teacher: writes all five tasks from annotations + teachers/knowledge.yaml."""
+    """Deterministic CPU teacher: writes all five tasks from annotations + pipelines/core/knowledge.yaml."""
 
     backend = "template"
     needs_image = False

@@ -25,8 +25,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pipelines.core.object_table import render_object_table
 from schemas.columns import ANSWER_FIELDS, ANSWER_PAIRS
-from teachers.object_table import render_object_table
 from teachers.prompts import PromptSpec
 
 MESSAGES_VERSION = "1"

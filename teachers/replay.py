@@ -7,7 +7,7 @@ gen_key -> response map and shipped to the workers with the stage (responses are
 
 Identity = backend + `teacher.replay_source` (the name of the external teacher) + the prompt settings
 the prompts were exported with (mode, box format, pairs per unit, pixel budget) — not the file: the
-keys must be known when the prompts are exported (pipelines/export_prompts.py), before any answer
+keys must be known when the prompts are exported (pipelines/cli/export_prompts.py), before any answer
 exists. A new batch of answers from another teacher gets a new replay_source, hence new keys.
 """
 
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import pyarrow as pa
 
-from pipelines.storage import StorageSpec, fs_and_path, with_retries
+from pipelines.storage.fs import StorageSpec, fs_and_path, with_retries
 from teachers.base import Teacher, append_teacher_columns
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -1,9 +1,9 @@
 """The deterministic CPU `template` teacher: all five Ground-V tasks from annotations + knowledge.
 
 It emits exactly what a VLM teacher emits -- the JSON text ``{"pairs": [{"instruction", "answer",
-"target_ids", "subtype"}]}`` with local ids of teachers/object_table.py -- so the same filters,
+"target_ids", "subtype"}]}`` with local ids of pipelines/core/object_table.py -- so the same filters,
 writers and manifest apply. Wording comes from the ``template`` section of each task's prompt file
-(data, and part of the prompt hash); facts come from teachers/knowledge.yaml. Every spatial or
+(data, and part of the prompt hash); facts come from pipelines/core/knowledge.yaml. Every spatial or
 size word is computed from boxes / areas with a margin, so it is true by construction; crowd
 regions are never targets and a category with a crowd region is never referred to as "all".
 Randomness is seeded from the unit's gen_key, so the same unit always yields the same text.
@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from itertools import combinations
 from typing import Any, Callable, Mapping
 
+from pipelines.core.knowledge import Knowledge
+from pipelines.core.object_table import TableRow, build_object_table, render_object_table, table_entries
 from schemas.columns import ANSWER_PAIRS, TEACHER_OUT_FIELDS
-from teachers.knowledge import Knowledge
 from teachers.messages import build_messages, messages_text
-from teachers.object_table import TableRow, build_object_table, render_object_table, table_entries
 from teachers.prompts import PromptSpec
 
 # Superlatives must win by this much to be stated: 5% of the image side for positions, 1.3x

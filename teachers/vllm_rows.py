@@ -24,9 +24,9 @@ from typing import Any, Mapping
 
 import pyarrow as pa
 
+from pipelines.core.object_table import build_object_table, render_object_table, table_entries
 from schemas.columns import TEACHER_OUT_FIELDS, UNIT_FIELDS, UNIT_SCHEMA
 from teachers.messages import IMAGE_PART, answer_json_schema, build_messages
-from teachers.object_table import build_object_table, render_object_table, table_entries
 from teachers.prompts import PromptSpec
 
 # Bump when the request built here changes in a way that changes answers (image placement, text

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from pipelines.sample_data import ensure_sample_dataset
+from pipelines.sources.sample_data import ensure_sample_dataset
 
 SOURCE_NAME = "corpus"
 TASKS = ["hallucination", "multi_object", "reasoning", "multi_granularity"]

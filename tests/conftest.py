@@ -62,7 +62,7 @@ def s3_bucket(s3_server):
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory):
     """The embedded sample dataset, generated once per session."""
-    from pipelines.sample_data import ensure_sample_dataset
+    from pipelines.sources.sample_data import ensure_sample_dataset
 
     root = tmp_path_factory.mktemp("sample")
     ensure_sample_dataset(str(root), num_images=24, seed=0)

@@ -22,9 +22,9 @@ import pytest
 import yaml
 from PIL import Image
 
+from pipelines.build.stages.images import DECODE_REASON_CODES, READ_REASON_CODES, decode_image, to_rgb
 from pipelines.build_groundv import main
-from pipelines.readers import REASON_CODES
-from pipelines.stages.images import DECODE_REASON_CODES, READ_REASON_CODES, decode_image, to_rgb
+from pipelines.sources.readers import REASON_CODES
 from tests import bad_corpus
 from tests.bad_corpus import Corpus, make_corpus
 from tests.dataset_checks import latest_manifest, outcomes_by_unit, read_kind

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from pipelines.build_groundv import main
-from pipelines.sample_data import ensure_sample_dataset
+from pipelines.sources.sample_data import ensure_sample_dataset
 from schemas.columns import TASKS
 from tests.dataset_checks import (
     SourceMasks,
@@ -127,7 +127,7 @@ def test_build_on_s3(ray_session, sample_dir, s3_bucket, tmp_path):
 
 
 def _tasks_for(fmt: str) -> list[str]:
-    from pipelines.sources import _sample_tasks
+    from pipelines.sources.resolve import _sample_tasks
 
     return list(_sample_tasks(fmt))
 

@@ -187,9 +187,9 @@ def test_rayjob_manifest():
 def stream_stage_resources(overrides: list[str]) -> list[tuple[str, dict, tuple | None]]:
     """Build the real stream (vLLM teacher, nothing executed) and read each stage's Ray request from
     the Ray Data logical plan: [(stage name, ray_remote_args, (pool min, pool max) or None)]."""
+    from pipelines.build.stream import build_stream
     from pipelines.config import load_config
-    from pipelines.storage import StorageSpec
-    from pipelines.stream import build_stream
+    from pipelines.storage.fs import StorageSpec
     from schemas.columns import IMAGE_WORK_SCHEMA
     from teachers.backends import build_teacher
     from teachers.prompts import default_prompts_dir, load_prompts

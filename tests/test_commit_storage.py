@@ -14,8 +14,8 @@ import uuid
 import boto3
 import pytest
 
-from pipelines import storage
-from pipelines.storage import StorageSpec
+from pipelines.storage import fs as storage
+from pipelines.storage.fs import StorageSpec
 
 
 def _free_port() -> int:
@@ -99,7 +99,7 @@ def test_seaweedfs_create_if_absent_has_one_winner(seaweed):
 
 def test_manifest_cli_show_diff_gc(ray_session, sample_dir, tmp_path, capsys):
     from pipelines.build_groundv import main as build
-    from pipelines.manifest import main as manifest
+    from pipelines.cli.manifest import main as manifest
 
     out = tmp_path / "out"
     prompts = tmp_path / "prompts"

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import yaml
 
-from pipelines import storage
 from pipelines.build_groundv import main
-from pipelines.preflight import check_model_source, check_reachable
-from pipelines.storage import StorageError, StorageSpec
+from pipelines.storage import fs as storage
+from pipelines.storage.fs import StorageError, StorageSpec
+from pipelines.storage.preflight import check_model_source, check_reachable
 
 ROOT = Path(__file__).resolve().parent.parent
 

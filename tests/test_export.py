@@ -16,15 +16,15 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from pipelines.build_groundv import main as build_main
-from pipelines.export import export
-from pipelines.export import main as export_main
-from pipelines.exporters.common import (
+from pipelines.cli.export import export
+from pipelines.cli.export import main as export_main
+from pipelines.consumers.exporters.common import (
     ExportError,
     mask_rectangles,
     rectangles_to_coco_polygons,
     rectangles_to_cv2_points,
 )
-from pipelines.sources import resolve_sources
+from pipelines.sources.resolve import resolve_sources
 from tests.dataset_checks import decode_sample_mask, latest_manifest, read_kind
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from pipelines.export_prompts import main as export_main
-from pipelines.sample_data import ensure_sample_dataset
+from pipelines.cli.export_prompts import main as export_main
+from pipelines.sources.sample_data import ensure_sample_dataset
 
 
 def _lines(path) -> list[dict]:

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from pipelines.build_groundv import main
-from pipelines.sample_data import ensure_sample_dataset
+from pipelines.sources.sample_data import ensure_sample_dataset
 from tests.dataset_checks import latest_manifest, read_kind
 from tests.flaky_proxy import FlakyProxy
 
@@ -322,15 +322,15 @@ def test_failure_message_finds_the_cause_under_ray_wrappers() -> None:
     in the remote traceback text; the message must still name it (and the dataset's state)."""
     from ray.exceptions import RayError
 
-    from pipelines.preflight import failure_message
-    from pipelines.storage import StorageError
+    from pipelines.storage.fs import StorageError
+    from pipelines.storage.preflight import failure_message
 
     remote = RayError(
         "\x1b[36mray::MapWorker(MapBatches(ShardWriter)).submit()\x1b[39m (pid=1)\n"
-        '  File "pipelines/storage.py", line 1, in write_bytes\n'
+        '  File "pipelines/storage/fs.py", line 1, in write_bytes\n'
         "OSError: [Errno 28] No space left on device\n\n"
         "The above exception was the direct cause of the following exception:\n\n"
-        "pipelines.storage.StorageError: cannot write /out/data/x.parquet: No space left on device (free space)\n\n"
+        "pipelines.storage.fs.StorageError: cannot write /out/data/x.parquet: No space left on device (free space)\n\n"
         "The above exception was the direct cause of the following exception:\n\n"
         "ray.exceptions.UserCodeException: UDF failed to process a data block.\n"
     )

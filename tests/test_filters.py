@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from pipelines.core.knowledge import load_knowledge
+from pipelines.core.object_table import build_object_table
 from pipelines.filters import FilterSettings, check_unit, filter_version, reason_codes
 from pipelines.filters.checks_spatial import find_superlatives
-from teachers.knowledge import load_knowledge
-from teachers.object_table import build_object_table
 
 H, W = 240, 320
 KNOWLEDGE = load_knowledge()

@@ -175,7 +175,7 @@ def job_status(cluster: LocalRayCluster, submission_id: str) -> str:
 
 
 def _s3_sources(sample_dir, bucket: str) -> list[dict]:
-    from pipelines.sample_data import ensure_sample_dataset
+    from pipelines.sources.sample_data import ensure_sample_dataset
 
     out = []
     for s in ensure_sample_dataset(str(sample_dir)):

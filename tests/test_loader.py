@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.build_groundv import main as build_main
-from pipelines.dataset import (
+from pipelines.consumers.dataset import (
     VersionNotFound,
     load_manifest,
     shard_uris,
@@ -137,7 +137,7 @@ def test_loaders_over_s3(two_versions, s3_bucket, tmp_path):
     ray_ds = to_ray_dataset(uri, endpoint_url=endpoint, columns=["sample_id"])
     assert {r["sample_id"] for r in ray_ds.take_all()} == sample_ids(out, m2)
     try:
-        import datasets  # noqa: F401  (optional: see pipelines/dataset.py HF_DATASETS_PIN)
+        import datasets  # noqa: F401  (optional: see pipelines/consumers/dataset.py HF_DATASETS_PIN)
     except ImportError:
         return
     hf = to_hf_dataset(uri, version=1, endpoint_url=endpoint, cache_dir=str(tmp_path / "hf"))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from pipelines.masks import empty_rle, merge_rles, target_bboxes, union_rle
+from pipelines.core.masks import empty_rle, merge_rles, target_bboxes, union_rle
 
 H, W = 123, 257  # odd, non-square: catches h/w swaps and column-major mistakes
 

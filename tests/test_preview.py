@@ -22,8 +22,8 @@ import pytest
 from PIL import Image
 
 from pipelines.build_groundv import main as build_main
-from pipelines.preview import main as preview_main
-from pipelines.sample_data import ensure_sample_dataset
+from pipelines.cli.preview import main as preview_main
+from pipelines.sources.sample_data import ensure_sample_dataset
 from schemas.columns import TASKS
 from tests.dataset_checks import SourceMasks, decode_sample_mask, latest_manifest, read_kind
 

@@ -9,8 +9,8 @@ import shutil
 import pytest
 import yaml
 
+from pipelines.core.knowledge import load_knowledge
 from schemas.columns import ANSWER_FIELDS, TASK_SUBTYPES, TASKS
-from teachers.knowledge import load_knowledge
 from teachers.messages import IMAGE_PART, answer_json_schema, build_messages, prefix_messages
 from teachers.prompts import PromptError, default_prompts_dir, load_prompt, load_prompts
 
@@ -43,7 +43,7 @@ def test_examples_are_consistent_with_their_tables(specs, task):
         by_id = {o["id"]: o for o in ex["objects"]}
         ids = [o["id"] for o in ex["objects"]]
         assert ids == list(range(1, len(ids) + 1))
-        # Same ordering as teachers/object_table.py: whole objects first, then parts.
+        # Same ordering as pipelines/core/object_table.py: whole objects first, then parts.
         is_part = ["part_of" in o for o in ex["objects"]]
         assert is_part == sorted(is_part)
         subtypes_seen = set()

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pytest
 from pycocotools import mask as mask_utils
 
-from pipelines.readers import REASON_CODES, AnnotationFileError, clean_name, read_source
-from pipelines.sample_data import ensure_sample_dataset
+from pipelines.sources.readers import REASON_CODES, AnnotationFileError, clean_name, read_source
+from pipelines.sources.sample_data import ensure_sample_dataset
 from schemas.columns import IMAGE_SCHEMA
 
 

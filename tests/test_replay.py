@@ -8,7 +8,7 @@ import json
 import pyarrow as pa
 import pytest
 
-from pipelines.storage import StorageSpec
+from pipelines.storage.fs import StorageSpec
 from schemas.columns import TEACHER_OUT_FIELDS, UNIT_SCHEMA
 from teachers.replay import NO_RESPONSE, ReplayFileError, ReplayTeacher, parse_responses, respond_batch
 

@@ -6,7 +6,7 @@ import json
 from collections import defaultdict
 
 from pipelines.build_groundv import main as build_main
-from pipelines.export_prompts import main as export_main
+from pipelines.cli.export_prompts import main as export_main
 from tests.dataset_checks import latest_manifest, read_kind
 
 REPLAY = ["teacher.backend=replay", "teacher.replay_source=hand-made-1"]

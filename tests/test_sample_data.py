@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from pipelines.sample_data import BACKGROUND_COLOURS, MARKER_NAME, OBJECT_COLOURS, ensure_sample_dataset
+from pipelines.sources.sample_data import BACKGROUND_COLOURS, MARKER_NAME, OBJECT_COLOURS, ensure_sample_dataset
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ import boto3
 import pytest
 import yaml
 
-from pipelines.preflight import scrub
-from pipelines.sample_data import ensure_sample_dataset
+from pipelines.sources.sample_data import ensure_sample_dataset
+from pipelines.storage.preflight import scrub
 from tests.flaky_proxy import FlakyProxy
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,9 +7,9 @@ import re
 
 import pytest
 
+from pipelines.core.knowledge import load_knowledge
+from pipelines.core.object_table import TableRow, build_object_table
 from schemas.columns import TASK_SUBTYPES, TASKS, TEACHER_OUT_FIELDS, field_names
-from teachers.knowledge import load_knowledge
-from teachers.object_table import TableRow, build_object_table
 from teachers.prompts import default_prompts_dir, load_prompts
 from teachers.template import template_respond_batch, template_response
 

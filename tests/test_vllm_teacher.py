@@ -25,8 +25,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 from omegaconf import OmegaConf  # noqa: E402
 
 from pipelines.config import TeacherBackend, TeacherConfig  # noqa: E402
+from pipelines.core.object_table import build_object_table, local_to_ann  # noqa: E402
 from schemas.columns import TASKS, UNIT_FIELDS, UNIT_SCHEMA  # noqa: E402
-from teachers.object_table import build_object_table, local_to_ann  # noqa: E402
 from teachers.prompts import default_prompts_dir, load_prompts  # noqa: E402
 from teachers.vllm_backend import VllmTeacher  # noqa: E402
 from teachers.vllm_rows import (  # noqa: E402

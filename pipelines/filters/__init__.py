@@ -1,7 +1,7 @@
 """Pure checks of teacher responses with stable reason codes; see docs/filters.md.
 
 Public API: `check_unit`, `reason_codes`, `UnitCheck` / `AcceptedPair` / `RejectedPair`,
-`FilterSettings`, `filter_version`. Union masks live in `pipelines.masks`.
+`FilterSettings`, `filter_version`. Union masks live in `pipelines.core.masks`.
 """
 
 from pipelines.filters.check_unit import (

@@ -99,7 +99,7 @@ def check_unit(
 ) -> UnitCheck:
     """Check one unit's raw teacher response (see module doc for order and semantics).
 
-    `knowledge` is a `teachers.knowledge.Knowledge`. `geometry_factory` swaps the mask backend
+    `knowledge` is a `pipelines.core.knowledge.Knowledge`. `geometry_factory` swaps the mask backend
     (default: RLE, no decoding); only bench/filters.py passes another one.
     """
     task = str(unit["task"])

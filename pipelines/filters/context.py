@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from pipelines.core.object_table import TableRow, build_object_table
 from pipelines.filters.geometry import RleGeometry
 from pipelines.filters.lexicon import Lexicon, Mention, Term, lexicon_for, tokens
 from pipelines.filters.settings import FilterSettings
-from teachers.object_table import TableRow, build_object_table
 
 GeometryFactory = Callable[[Mapping[int, Any], int, int], Any]
 

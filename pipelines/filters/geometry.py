@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from pycocotools import mask as mask_utils
 
-from pipelines.masks import merge_rles, rle_of
+from pipelines.core.masks import merge_rles, rle_of
 
 
 class RleGeometry:

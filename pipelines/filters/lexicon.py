@@ -2,7 +2,7 @@
 
 The semantic checks (present_category, granularity, spatial, part_parent_mismatch) all need the
 same thing: the category / group words an instruction mentions, where, and whether they are
-plural. Terms come from `teachers.knowledge` (names, plurals, synonyms and group words such as
+plural. Terms come from `pipelines.core.knowledge` (names, plurals, synonyms and group words such as
 "animals" -> {dog, cat, ...}); names the table does not know (most LVIS categories) are added per
 unit with a rule-based plural, so an unknown category is still recognised by its own name.
 
@@ -17,7 +17,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from teachers.knowledge import normalize, regular_plural
+from pipelines.core.knowledge import normalize, regular_plural
 
 _NON_WORD = re.compile(r"[^a-z0-9]+")
 _POSSESSIVE = re.compile(r"'s\b|’s\b")

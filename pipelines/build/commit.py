@@ -1,0 +1,125 @@
+"""Commit: the new manifest version = kept shards of what existed + the shards of this build.
+
+Exactly once at the manifest: every unit's rows come from exactly one batch. Existing batches are
+taken in order (the parent manifest's first, then pending receipts); a batch whose units are all
+kept is carried as is, one with some dropped units is rewritten without them (copy on write, the
+old shard stays for older versions), one with none is left out. The manifest file is created only
+if absent (local link / S3 If-None-Match), so two builds can never both become version N+1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines.build.stages.shards import parquet_bytes, shard_path
+from pipelines.storage import fs as storage
+from pipelines.storage.fs import StorageSpec
+from pipelines.storage.output import Ledger, manifest_uri
+from schemas.manifest import Manifest, ShardEntry
+
+
+class CommitConflict(RuntimeError):
+    """Another build committed the version we wanted; re-plan against it."""
+
+
+def select_existing(
+    ledger: Ledger, reuse_from: dict[str, str], output: str, store: StorageSpec
+) -> tuple[list[ShardEntry], set[str]]:
+    """Existing shards to carry into the new version, rewriting partially kept batches.
+
+    `reuse_from` maps each reused unit to the one batch that provides its rows (the plan's choice),
+    so a unit is never taken twice. Returns (entries, keys covered).
+    """
+    keys_by_batch: dict[str, list[str]] = {}
+    rows = ledger.rows
+    for key, batch in zip(rows.column("gen_key").to_pylist(), rows.column("batch").to_pylist(), strict=True):
+        keys_by_batch.setdefault(batch, []).append(key)
+    covered: set[str] = set()
+    out: list[ShardEntry] = []
+    for batch in ledger.batch_order:
+        keys = keys_by_batch.get(batch, [])
+        keep = [k for k in keys if reuse_from.get(k) == batch and k not in covered]
+        if not keep:
+            continue
+        covered.update(keep)
+        shards = ledger.shards_by_batch[batch]
+        if len(keep) == len(keys):
+            out.extend(shards)
+            continue
+        new_batch = hashlib.sha256((batch + "\n" + "\n".join(sorted(keep))).encode()).hexdigest()[:24]
+        for s in shards:
+            entry = rewrite_shard(s, set(keep), new_batch, output, store)
+            if entry is not None:
+                out.append(entry)
+    return out, covered
+
+
+def rewrite_shard(
+    entry: ShardEntry, keep: set[str], new_batch: str, output: str, store: StorageSpec
+) -> ShardEntry | None:
+    """The shard without the rows of units not in `keep`, under the batch's new id.
+
+    A shard all of whose rows are kept is carried as is (same file; only its batch label, which lives
+    in the manifest, changes), so dropping one task's units rewrites only that task's shards. Every
+    shard of a batch gets the new label: a unit's rows must always share one batch.
+    """
+    fs, path = storage.fs_and_path(storage.join(output, entry.path), store)
+    keys = storage.with_retries(lambda: pq.read_table(path, filesystem=fs, columns=["gen_key"]), store,
+                                f"read {entry.path}").column("gen_key")
+    mask = pc.is_in(keys, value_set=pa.array(sorted(keep)))
+    n_kept = pc.sum(mask.cast(pa.int64())).as_py() or 0
+    if n_kept == 0:
+        return None
+    if n_kept == len(keys):
+        return ShardEntry(path=entry.path, kind=entry.kind, task=entry.task, rows=entry.rows, bytes=entry.bytes,
+                          sha256=entry.sha256, batch=new_batch)
+    table = storage.with_retries(lambda: pq.read_table(path, filesystem=fs), store, f"read {entry.path}")
+    kept = table.filter(mask)
+    data = parquet_bytes(kept)
+    digest = hashlib.sha256(data).hexdigest()
+    new_path = shard_path(entry.kind, entry.task, digest)
+    storage.write_bytes(storage.join(output, new_path), data, store)
+    return ShardEntry(path=new_path, kind=entry.kind, task=entry.task, rows=kept.num_rows,
+                      bytes=len(data), sha256=digest, batch=new_batch)
+
+
+def write_manifest(
+    output: str,
+    store: StorageSpec,
+    version: int,
+    parent: int | None,
+    shards: list[ShardEntry],
+    *,
+    config: dict[str, Any],
+    config_hash: str,
+    teacher: dict[str, Any],
+    prompts: dict[str, str],
+    filters: dict[str, Any],
+    stats: dict[str, Any],
+    build_id: str,
+) -> Manifest:
+    m = Manifest(
+        version=version, parent_version=parent,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        config=config, config_hash=config_hash, teacher=teacher, prompts=prompts, filters=filters,
+        shards=sorted(shards, key=lambda s: (s.kind, s.task, s.path)), stats=stats, build_id=build_id,
+    )
+    if not storage.create_if_absent(manifest_uri(output, version), m.to_json().encode(), store):
+        raise CommitConflict(f"manifest v{version:06d} was committed by another build")
+    return m
+
+
+def clean_receipts(output: str, store: StorageSpec, receipt_uris: list[str]) -> None:
+    """Receipts are only a crash journal: once a manifest names their shards they can go."""
+    for uri in receipt_uris:
+        try:
+            storage.delete(uri, store)
+        except FileNotFoundError:
+            pass
+

@@ -1,0 +1,262 @@
+"""Stream stages over image rows: read bytes once per image, decode + validate + resize, fan out
+into one unit row per (image, task).
+
+Every failure becomes a unit error with a stable reason code (docs/reliability.md); a bad image
+never crashes the job and never loses its units.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from pipelines.storage import fs as storage
+from pipelines.storage.fs import StorageError, StorageSpec
+from schemas.columns import IMAGE_WORK_SCHEMA, UNIT_SCHEMA
+
+# We enforce our own pixel limit (stream.max_image_pixels) before decoding, with a reason code.
+Image.MAX_IMAGE_PIXELS = None
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+EXIF_ORIENTATION = 0x0112
+
+# Reason codes of this module (unit_error; stage `read` or `decode` in the errors shards).
+READ_REASON_CODES: tuple[str, ...] = ("missing_image", "read_failed")
+DECODE_REASON_CODES: tuple[str, ...] = (
+    "empty_image", "not_an_image", "truncated_image", "too_many_pixels", "size_mismatch", "exif_rotated",
+    "unsupported_mode",
+)
+
+READ_SCHEMA = pa.schema(
+    [*IMAGE_WORK_SCHEMA, ("image_bytes", pa.binary()), ("read_error", pa.string()),
+     ("read_error_detail", pa.string())]
+)
+
+
+def read_image_bytes(uri: str, store: StorageSpec) -> tuple[bytes | None, str | None, str | None]:
+    """(bytes, error_reason, detail) for one image uri.
+
+    A problem of this one object (missing, permission denied, unreadable) becomes a unit error; a
+    store that keeps failing after every retry (`StorageError`) is an outage, not a bad image: it is
+    raised and stops the build (nothing is committed; the next build resumes from the receipts)
+    instead of turning every image of the run into an error row.
+    """
+    try:
+        return storage.read_bytes(uri, store), None, None
+    except FileNotFoundError:
+        return None, "missing_image", f"no such file: {uri}"
+    except PermissionError as exc:
+        return None, "read_failed", f"permission denied: {uri} ({type(exc).__name__})"
+    except StorageError:
+        raise
+    except IsADirectoryError:
+        return None, "read_failed", f"is a directory: {uri}"
+    except OSError as exc:
+        return None, "read_failed", storage.describe(exc)[:500]
+
+
+class ReadImages:
+    """Ray Data stage: adds `image_bytes` (or a read error) to each image row."""
+
+    def __init__(self, store: StorageSpec) -> None:
+        self.store = store
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        data, errs, details = [], [], []
+        uris, img_errs = batch.column("image_uri").to_pylist(), batch.column("image_error").to_pylist()
+        for uri, img_err in zip(uris, img_errs, strict=True):
+            if img_err:  # annotation problems: don't even read the image
+                data.append(None)
+                errs.append(None)
+                details.append(None)
+                continue
+            b, e, d = read_image_bytes(uri, self.store)
+            data.append(b)
+            errs.append(e)
+            details.append(d)
+        out = batch.append_column("image_bytes", pa.array(data, pa.binary()))
+        out = out.append_column("read_error", pa.array(errs, pa.string()))
+        return out.append_column("read_error_detail", pa.array(details, pa.string()))
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB without changing geometry.
+
+    * 16-bit grayscale (``I;16*``) is scaled to 8 bits (v * 255 // 65535), not clipped; 32-bit
+      ``I`` is scaled the same way when it holds values above 255, and ``F`` is clipped to 0..255.
+      16-bit RGB PNGs are already reduced to 8 bits by Pillow when they are opened.
+    * Transparency (``RGBA``, ``LA``, ``PA``, palette with a transparent index) is composited on
+      white, so a transparent background does not turn black.
+    * ``CMYK`` (also Adobe's inverted CMYK JPEGs, which Pillow un-inverts on load) uses Pillow's
+      conversion without colour management (ICC profiles are ignored).
+    * ``1``, ``L``, ``P``, ``YCbCr``, ``LAB``, ``HSV``: Pillow's conversion.
+    """
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.clip(np.asarray(img).astype(np.int64), 0, None)
+        top = 65535 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255
+        arr8 = (arr * 255 // top).astype(np.uint8)
+        return Image.fromarray(arr8, "L").convert("RGB")
+    if img.mode == "F":
+        arr8 = np.clip(np.nan_to_num(np.asarray(img, dtype=np.float64)), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr8, "L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    if img.mode != "RGB":
+        return img.convert("RGB")
+    return img
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1..8; 1 when absent or unreadable). Never applied, see decode_image."""
+    try:
+        value = img.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block is not a broken image
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def fit_to_budget(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """Largest (w, h) with the same aspect ratio and w*h <= max_pixels (never upscales)."""
+    if width * height <= max_pixels:
+        return width, height
+    scale = math.sqrt(max_pixels / float(width * height))
+    return max(1, int(width * scale)), max(1, int(height * scale))
+
+
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+    (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+)
+
+
+def _magic_format(data: bytes) -> str | None:
+    """The image format whose signature `data` starts with (WebP: RIFF....WEBP), else None."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((name for magic, name in _MAGIC if data.startswith(magic)), None)
+
+
+def decode_image(
+    data: bytes, width: int, height: int, max_image_pixels: int, needs_image: bool, max_pixels: int
+) -> tuple[bytes | None, int, int, str | None, str | None]:
+    """Validate + decode one image. Returns (teacher_jpeg, tw, th, error_reason, detail).
+
+    Order: empty -> format (header) -> pixel limit (header only, nothing decoded yet) -> full decode
+    -> size against the annotations -> RGB + resize for the teacher.
+
+    EXIF orientation is NOT applied: COCO/LVIS/PACO masks are in the stored pixel frame, so
+    rotating the pixels would misalign every mask. The teacher gets the stored pixels (re-encoded
+    without EXIF), the same frame as the masks. An image whose EXIF orientation swaps width and
+    height and whose annotations have the swapped (displayed) size was annotated on the rotated
+    image: it is refused as `exif_rotated`, never silently misaligned (docs/reliability.md).
+    """
+    if not data:
+        return None, 0, 0, "empty_image", "zero-byte file"
+    try:
+        img = Image.open(io.BytesIO(data))
+        w, h = img.size
+    except UnidentifiedImageError:
+        fmt = _magic_format(data)
+        if fmt:  # the signature of an image format, but the header is cut or corrupt
+            return None, 0, 0, "truncated_image", f"{fmt} signature, but the header is cut or corrupt ({len(data)} B)"
+        return None, 0, 0, "not_an_image", f"{len(data)} bytes in no known image format (starts {data[:8]!r})"
+    except Exception as exc:  # noqa: BLE001 - a header Pillow can't even parse is a broken image
+        return None, 0, 0, "truncated_image", f"header unreadable: {type(exc).__name__}: {exc}"[:300]
+    if w * h > max_image_pixels:  # header only: refused before any pixel is decoded
+        return None, 0, 0, "too_many_pixels", (
+            f"{img.format} header says {w}x{h} = {w * h} pixels > stream.max_image_pixels={max_image_pixels}; "
+            "not decoded")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img.load()
+    except Exception as exc:  # noqa: BLE001 - truncated, corrupt data, bad CRC, ...: never a crash
+        return None, 0, 0, "truncated_image", f"{img.format} decode failed: {type(exc).__name__}: {exc}"[:300]
+    if (w, h) != (width, height):
+        orientation = exif_orientation(img)
+        if orientation in (5, 6, 7, 8) and (h, w) == (width, height):
+            return None, 0, 0, "exif_rotated", (
+                f"stored pixels are {w}x{h}, annotations say {width}x{height}: EXIF orientation {orientation} "
+                f"rotates the image to {h}x{w} for display, so it was annotated rotated; masks must be in "
+                "stored pixel order (re-encode the image with the rotation applied, or the annotations)")
+        return None, 0, 0, "size_mismatch", f"image is {w}x{h}, annotations say {width}x{height}"
+    if not needs_image:
+        return None, w, h, None, None
+    try:
+        rgb = to_rgb(img)
+    except Exception as exc:  # noqa: BLE001
+        return None, 0, 0, "unsupported_mode", f"cannot convert mode {img.mode} to RGB: {exc}"[:300]
+    tw, th = fit_to_budget(w, h, max_pixels)
+    if (tw, th) != (w, h):
+        rgb = rgb.resize((tw, th), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    rgb.save(buf, format="JPEG", quality=90)
+    return buf.getvalue(), tw, th, None, None
+
+
+class DecodeAndFanOut:
+    """Ray Data stage: image rows (+ bytes) -> UNIT_SCHEMA rows, one per planned unit."""
+
+    def __init__(self, needs_image: bool, max_pixels: int, max_image_pixels: int) -> None:
+        self.needs_image = needs_image
+        self.max_pixels = max_pixels
+        self.max_image_pixels = max_image_pixels
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows: list[dict[str, Any]] = []
+        for image in batch.to_pylist():
+            err, detail = image["image_error"], image["image_error_detail"]
+            timg, tw, th = None, None, None
+            if err:
+                err = f"annotation:{err}"
+            elif image["read_error"]:
+                err, detail = image["read_error"], image["read_error_detail"]
+            else:
+                timg, tw, th, err, detail = decode_image(
+                    image["image_bytes"], image["width"], image["height"], self.max_image_pixels,
+                    self.needs_image, self.max_pixels,
+                )
+            rows.extend(fan_out(image, timg, tw, th, err, detail))
+        return pa.Table.from_pylist(rows, schema=UNIT_SCHEMA)
+
+
+def fan_out(
+    image: dict[str, Any], teacher_image: bytes | None, tw: int | None, th: int | None,
+    error: str | None, detail: str | None,
+) -> list[dict[str, Any]]:
+    """One unit row per planned unit of the image, sharing the decoded image."""
+    out = []
+    for u in image["units"]:
+        out.append(
+            {
+                "gen_key": u["gen_key"], "source": image["source"], "dataset_format": image["dataset_format"],
+                "image_id": image["image_id"], "image_uri": image["image_uri"],
+                "width": image["width"], "height": image["height"], "task": u["task"],
+                "objects": image["objects"], "absent_categories": image["absent_categories"],
+                "not_exhaustive_categories": image["not_exhaustive_categories"],
+                "image_identity": u["image_identity"], "ann_hash": u["ann_hash"],
+                "prompt_hash": u["prompt_hash"], "teacher_hash": u["teacher_hash"],
+                "teacher_image": teacher_image, "teacher_width": tw, "teacher_height": th,
+                "unit_error": error, "unit_error_detail": detail,
+            }
+        )
+    return out
+
+
+def safe_join(prefix: str, file_name: str) -> str | None:
+    """prefix/file_name, or None when file_name would escape the prefix (absolute, '..')."""
+    if not file_name or file_name.startswith("/") or os.path.isabs(file_name):
+        return None
+    if any(part == ".." for part in file_name.replace("\\", "/").split("/")):
+        return None
+    return storage.join(prefix, file_name)

@@ -1,0 +1,93 @@
+#!/usr/bin/env python
+"""Write the teacher prompts of the planned units as JSONL, for any external batch system.
+
+    python pipelines/cli/export_prompts.py [--config FILE] [key=value ...] --out prompts.jsonl [--all]
+                                       [--inline-images]
+
+One line per unit: gen_key, image_id, source, task, the chat `messages` (the image as a reference
+to its uri unless --inline-images), the answer JSON schema, and the id map
+`objects: [{"id", "ann_id", "category"}]`. By default only the units the next build would generate;
+--all writes every planned unit.
+
+Round trip: export with the config you will replay under (teacher.backend=replay, and
+teacher.replay_source naming the external teacher), answer each line elsewhere, then
+`build_groundv.py teacher.backend=replay teacher.responses=answers.jsonl` with lines
+{"gen_key": ..., "response": "<raw text>"}: the generation keys match because the replay teacher's
+identity is its source name and prompt settings, not the answers file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Iterator
+
+from pipelines.build.stages.images import decode_image, fit_to_budget  # noqa: E402
+from pipelines.build_groundv import BuildContext, plan  # noqa: E402
+from pipelines.config import ConfigError, load_config  # noqa: E402
+from pipelines.core.object_table import build_object_table  # noqa: E402
+from pipelines.storage import fs as storage  # noqa: E402
+from teachers.messages import IMAGE_PART, answer_json_schema, build_messages  # noqa: E402
+from teachers.vllm_rows import image_data_url, unit_table  # noqa: E402
+
+
+def unit_lines(ctx: BuildContext, work_rows: list[dict[str, Any]], inline_images: bool) -> Iterator[dict[str, Any]]:
+    t = ctx.cfg.teacher
+    with_image = t.mode == "vision"
+    for image in work_rows:
+        tw, th = fit_to_budget(image["width"], image["height"], int(t.max_pixels))
+        url = image["image_uri"]
+        if with_image and inline_images and not image["image_error"]:
+            data = storage.read_bytes(image["image_uri"], ctx.store)
+            jpeg, tw, th, err, _ = decode_image(data, image["width"], image["height"],
+                                                int(ctx.cfg.stream.max_image_pixels), True, int(t.max_pixels))
+            url = image_data_url(jpeg) if jpeg else url
+        row = {**image, "teacher_width": tw, "teacher_height": th}
+        table_rows = build_object_table(image["objects"] or [])
+        objects = [{"id": r.local_id, "ann_id": r.ann_id, "category": r.name} for r in table_rows]
+        for u in image["units"]:
+            spec = ctx.prompts[u["task"]]
+            text, local_ids = unit_table(row, str(t.box_format))
+            messages = build_messages(spec, text, int(t.pairs_per_unit), with_image)
+            last = messages[-1]
+            if with_image:
+                last["content"] = [{"type": "image_url", "image_url": {"url": url}} if p == IMAGE_PART else p
+                                   for p in last["content"]]
+            yield {
+                "gen_key": u["gen_key"], "source": image["source"], "image_id": image["image_id"],
+                "task": u["task"], "image_uri": image["image_uri"], "messages": messages,
+                "json_schema": answer_json_schema(u["task"], list(spec.subtypes), local_ids, int(t.pairs_per_unit)),
+                "objects": objects, "annotation_error": image["image_error"],
+            }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="export_prompts.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", action="append", default=[])
+    ap.add_argument("--out", required=True, help="JSONL file to write")
+    ap.add_argument("--all", action="store_true", help="every planned unit, not only those to generate")
+    ap.add_argument("--inline-images", action="store_true", help="embed images as data: URLs")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args(argv)
+    overrides = list(args.overrides)
+    if any(o.startswith("teacher.backend=replay") for o in overrides) and \
+            not any(o.startswith("teacher.responses=") for o in overrides):
+        overrides.append("teacher.responses=(not needed to export)")  # the answers don't exist yet
+    try:
+        ctx = BuildContext(load_config(args.config, overrides), validate_teacher=False, dry_run=True)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"export_prompts: configuration error: {exc}", file=sys.stderr)
+        return 2
+    p, *_ = plan(ctx, set(), use_existing=not args.all)
+    n = 0
+    with open(args.out, "w") as fh:
+        for line in unit_lines(ctx, p.work.to_pylist(), args.inline_images):
+            fh.write(json.dumps(line) + "\n")
+            n += 1
+    print(f"wrote {n} prompts to {args.out} (teacher {ctx.teacher.label()})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+#!/usr/bin/env python
+"""Inspect and maintain the versions of a Ground-V output.
+
+    python pipelines/cli/manifest.py show [VERSION] [--output URI]
+    python pipelines/cli/manifest.py diff V1 V2 [--output URI]
+    python pipelines/cli/manifest.py gc --keep N [--delete] [--output URI]
+
+`--output` defaults to the config's output.uri (configs/default.yaml + --config/overrides).
+`gc` lists the shards that no manifest among the newest N references and deletes them only with
+`--delete` (a dry run by default). Manifests themselves are never deleted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+
+import pyarrow.parquet as pq  # noqa: E402
+
+from pipelines.config import ConfigError, load_config  # noqa: E402
+from pipelines.storage import fs as storage  # noqa: E402
+from pipelines.storage.fs import StorageSpec  # noqa: E402
+from pipelines.storage.output import list_versions, load_manifest, output_of  # noqa: E402
+from schemas.columns import KIND_SAMPLES, TASKS  # noqa: E402
+from schemas.manifest import Manifest  # noqa: E402
+
+
+def show(m: Manifest) -> str:
+    lines = [f"version {m.version} (parent {m.parent_version}), created {m.created_at}, build {m.build_id}",
+             f"teacher: {m.teacher}", f"filters: {m.filters.get('version')}"]
+    by: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+    for s in m.shards:
+        acc = by[(s.task, s.kind)]
+        acc[0] += 1
+        acc[1] += s.rows
+        acc[2] += s.bytes
+    lines.append(f"{'task':<18} {'kind':<8} {'shards':>6} {'rows':>8} {'bytes':>10}")
+    for (task, kind), (n, rows, size) in sorted(by.items()):
+        lines.append(f"{task:<18} {kind:<8} {n:>6} {rows:>8} {size:>10}")
+    for t in TASKS:
+        if t in m.prompts:
+            lines.append(f"prompt {t}: {m.prompts[t][:16]}")
+    st = m.stats
+    lines.append(f"stats: units planned {st.get('units_planned')}, reused {st.get('units_reused')}, "
+                 f"teacher calls {st.get('teacher_calls')}, wall {st.get('wall_s')}s")
+    return "\n".join(lines)
+
+
+def sample_keys(output: str, m: Manifest, store: StorageSpec) -> dict[str, set[str]]:
+    """task -> sample ids of a version (reads one column of its sample shards)."""
+    out: dict[str, set[str]] = defaultdict(set)
+    for s in m.shards:
+        if s.kind != KIND_SAMPLES:
+            continue
+        fs, path = storage.fs_and_path(storage.join(output, s.path), store)
+        ids = pq.read_table(path, filesystem=fs, columns=["sample_id"]).column("sample_id").to_pylist()
+        out[s.task].update(ids)
+    return out
+
+
+def diff(output: str, a: Manifest, b: Manifest, store: StorageSpec) -> str:
+    ka, kb = sample_keys(output, a, store), sample_keys(output, b, store)
+    lines = [f"v{a.version} -> v{b.version}", f"{'task':<18} {'added':>7} {'removed':>7} {'kept':>7}  changes"]
+    for t in TASKS:
+        sa, sb = ka.get(t, set()), kb.get(t, set())
+        notes = []
+        if a.prompts.get(t) != b.prompts.get(t):
+            notes.append("prompt changed")
+        lines.append(f"{t:<18} {len(sb - sa):>7} {len(sa - sb):>7} {len(sa & sb):>7}  {', '.join(notes)}")
+    if a.teacher != b.teacher:
+        lines.append(f"teacher changed: {a.teacher} -> {b.teacher}")
+    if a.filters.get("version") != b.filters.get("version"):
+        lines.append(f"filters changed: {a.filters.get('version')} -> {b.filters.get('version')}")
+    return "\n".join(lines)
+
+
+def gc(output: str, keep: int, delete: bool, store: StorageSpec) -> tuple[list[str], int]:
+    """Shards no manifest among the newest `keep` references. Deleted only when `delete`."""
+    versions = list_versions(output, store)
+    if not versions:
+        return [], 0
+    live: set[str] = set()
+    for v in versions[-keep:]:
+        live.update(s.path for s in load_manifest(output, v, store).shards)
+    files = storage.list_files(storage.join(output, "data"), store)
+    base = output.rstrip("/") + "/"
+    garbage = sorted(u[len(base):] if u.startswith(base) else u for u in files)
+    garbage = [p for p in garbage if p not in live]
+    size = sum(int(files.get(base + p, {}).get("size", 0)) for p in garbage)
+    if delete:
+        for p in garbage:
+            storage.delete(storage.join(output, p), store)
+    return garbage, size
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="manifest.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--output", help="output uri (default: the config's output.uri)")
+    ap.add_argument("--config", action="append", default=[])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p_show = sub.add_parser("show")
+    p_show.add_argument("version", nargs="?", type=int)
+    p_diff = sub.add_parser("diff")
+    p_diff.add_argument("v1", type=int)
+    p_diff.add_argument("v2", type=int)
+    p_gc = sub.add_parser("gc")
+    p_gc.add_argument("--keep", type=int, required=True)
+    p_gc.add_argument("--delete", action="store_true", help="really delete (default: list only)")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(args.config, [])
+    except ConfigError as exc:
+        print(f"manifest: configuration error: {exc}", file=sys.stderr)
+        return 2
+    store, output = output_of(cfg, args.output)
+    versions = list_versions(output, store)
+    if not versions:
+        print(f"manifest: no versions under {output}", file=sys.stderr)
+        return 1
+    if args.cmd == "show":
+        print(show(load_manifest(output, args.version or versions[-1], store)))
+    elif args.cmd == "diff":
+        print(diff(output, load_manifest(output, args.v1, store), load_manifest(output, args.v2, store), store))
+    else:
+        garbage, size = gc(output, max(1, args.keep), args.delete, store)
+        verb = "deleted" if args.delete else "would delete (dry run; pass --delete)"
+        for p in garbage:
+            print(p)
+        print(f"{verb}: {len(garbage)} shards, {size} bytes not referenced by the newest {args.keep} versions")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
