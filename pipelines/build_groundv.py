@@ -29,6 +29,7 @@ from pipelines.build.report import Progress, print_plan, print_summary  # noqa: 
 from pipelines.build.stats import merge_stats, totals  # noqa: E402
 from pipelines.config import ConfigError, config_hash, load_config, parse_args, resolved  # noqa: E402
 from pipelines.core.knowledge import load_knowledge  # noqa: E402
+from pipelines.core.secrets import scrub  # noqa: E402
 from pipelines.filters.settings import filter_version  # noqa: E402
 from pipelines.sources.readers import AnnotationFileError  # noqa: E402
 from pipelines.sources.resolve import load_exclusions, load_images, resolve_sources  # noqa: E402
@@ -42,7 +43,7 @@ from pipelines.storage.output import (  # noqa: E402
     read_ledger,
     read_responses,
 )
-from pipelines.storage.preflight import check_all_reachable, check_model_source, failure_message, scrub  # noqa: E402
+from pipelines.storage.preflight import check_all_reachable, check_model_source, failure_message  # noqa: E402
 from schemas.columns import KIND_SAMPLES, TASKS  # noqa: E402
 from schemas.manifest import Manifest  # noqa: E402
 from teachers.backends import build_teacher  # noqa: E402

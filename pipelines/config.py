@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Dict, List
@@ -21,6 +20,7 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from pipelines.core.secrets import redact
 from pipelines.filters.settings import FilterSettings
 from schemas.columns import TASKS
 
@@ -267,28 +267,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("output.uri is empty")
 
 
-# Keys whose values are credentials wherever they appear (runtime_env env_vars, engine_kwargs, ...):
-# HF_TOKEN, hf_token, AWS_SESSION_TOKEN, *secret*, *password*, api_key, access_key ... but not max_tokens.
-_SECRET_KEY = re.compile(r"(^|_)token$|secret|passw|api_?key|access_?key|credential|private_?key", re.IGNORECASE)
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s:]+:[^/@\s]*@")
-
-
-def _redact(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: ("***" if _SECRET_KEY.search(str(k)) and value[k] not in (None, "") else _redact(value[k]))
-                for k in value}
-    if isinstance(value, list):
-        return [_redact(v) for v in value]
-    if isinstance(value, str):
-        return _URL_USERINFO.sub(lambda m: m.group("scheme") + "***@", value)
-    return value
-
-
 def resolved(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as plain JSON-able data, credentials redacted: what the manifest stores
     and what is printed. Credentials belong in the AWS chain / the environment, but a token put in
     `teacher.vllm.runtime_env.env_vars` or `engine_kwargs` must not be written out."""
-    return _redact(json.loads(json.dumps(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))))
+    return redact(json.loads(json.dumps(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))))
 
 
 def config_hash(cfg: DictConfig) -> str:

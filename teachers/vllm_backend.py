@@ -19,6 +19,7 @@ import functools
 import os
 from typing import TYPE_CHECKING, Any, Mapping
 
+from pipelines.core.secrets import is_secret_key
 from teachers.base import PROMPT_CODE_VERSION, Teacher
 from teachers.messages import MESSAGES_VERSION
 from teachers.prompts import PromptSpec
@@ -81,11 +82,6 @@ def _typed_sampling(sampling: dict[str, Any]) -> dict[str, Any]:
         if out.get(k) is not None:
             out[k] = int(out[k])
     return out
-
-
-def _secret_key(name: str) -> bool:
-    low = name.lower()
-    return any(w in low for w in ("token", "secret", "password", "api_key", "apikey", "credential"))
 
 
 class VllmTeacher(Teacher):
@@ -195,7 +191,7 @@ class VllmTeacher(Teacher):
             "sampling": dict(sorted(self.sampling.items())),
             # Secret-looking kwargs (hf_token, ...) never enter a key or the manifest.
             "engine": {k: v for k, v in sorted(self.engine_kwargs.items())
-                       if k not in PERF_ONLY_ENGINE_KWARGS and not _secret_key(k)},
+                       if k not in PERF_ONLY_ENGINE_KWARGS and not is_secret_key(k)},
             "answer_schema": ANSWER_SCHEMA_VERSION,
             "request": REQUEST_VERSION,
             "messages": MESSAGES_VERSION,

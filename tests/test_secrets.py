@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from pipelines.sources.sample_data import ensure_sample_dataset
-from pipelines.storage.preflight import scrub
+from pipelines.core.secrets import scrub
 from tests.flaky_proxy import FlakyProxy
 
 ROOT = Path(__file__).resolve().parent.parent

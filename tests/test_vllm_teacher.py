@@ -232,6 +232,21 @@ def test_identity_tracks_what_changes_answers(specs):
     assert base.needs_image and not VllmTeacher(teacher_cfg("/m"), specs).needs_image
 
 
+@pytest.mark.unit
+def test_tokenizer_settings_rekey_and_secrets_do_not(specs):
+    """Issue 11 bug: every kwarg whose name contained "token" was dropped from the identity, so a
+    tokenizer change silently reused stale answers. Credentials still never enter the identity."""
+    base = VllmTeacher(teacher_cfg("/m", mode="vision"), specs)
+    for kw in ({"tokenizer": "/other-tokenizer"}, {"tokenizer_mode": "slow"}, {"tokenizer_revision": "r2"},
+               {"skip_tokenizer_init": True}):
+        changed = VllmTeacher(teacher_cfg("/m", mode="vision", engine_kwargs={**base.engine_kwargs, **kw}), specs)
+        assert changed.identity_hash() != base.identity_hash(), kw
+    for kw in ({"hf_token": "hf_SECRET123"}, {"HF_TOKEN": "hf_SECRET123"}, {"api_key": "hf_SECRET123"}):
+        secret = VllmTeacher(teacher_cfg("/m", mode="vision", engine_kwargs={**base.engine_kwargs, **kw}), specs)
+        assert secret.identity_hash() == base.identity_hash(), kw
+        assert "hf_SECRET123" not in json.dumps(secret.identity())
+
+
 def test_processor_config_gpu_and_cpu_placement(specs):
     gpu = VllmTeacher(teacher_cfg("/m", mode="vision", cpu_only=False, accelerator_type="L4", min_engines=2,
                                   max_engines=6, gpus_per_engine=2), specs).processor_config()

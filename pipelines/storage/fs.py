@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import re
 import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import fsspec
+
+from pipelines.core.secrets import scrub
 
 T = TypeVar("T")
 
@@ -307,17 +308,3 @@ def delete(uri: str, storage: StorageSpec) -> None:
 # ------------------------------------------------------------------------------------ pre-flight
 
 
-_SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "HF_TOKEN",
-               "HUGGING_FACE_HUB_TOKEN", "AWS_ACCESS_KEY_ID")
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s:]+:[^/@\s]*@")
-
-
-def scrub(text: str) -> str:
-    """`text` without credentials: URL user:password parts and the values of credential variables
-    of this process's environment are replaced by `***`."""
-    out = _USERINFO.sub(lambda m: m.group("scheme") + "***@", text)
-    for name in _SECRET_ENV:
-        value = os.environ.get(name)
-        if value and len(value) >= 8 and value in out:
-            out = out.replace(value, "***")
-    return out

@@ -11,7 +11,8 @@ import os
 import re
 from typing import Mapping
 
-from pipelines.storage.fs import _TRANSIENT_CODES, StorageError, StorageSpec, _chain, describe, is_s3, scrub
+from pipelines.core.secrets import scrub
+from pipelines.storage.fs import _TRANSIENT_CODES, StorageError, StorageSpec, _chain, describe, is_s3
 
 
 def check_reachable(uri: str, store: StorageSpec, key: str, must_exist: bool = False) -> None:
@@ -99,7 +100,7 @@ def check_all_reachable(uris: Mapping[str, str], store: StorageSpec, must_exist:
         check_reachable(uri, store, key, must_exist=key in must_exist)
 
 
-# ------------------------------------------------------------------------------------ secrets
+# ------------------------------------------------------------------------------------ model source
 def check_model_source(source: str, store: StorageSpec, key: str = "teacher.vllm.model_source") -> None:
     """Fail fast when the teacher's weights cannot be found: a local folder must hold config.json,
     an s3:// copy must exist, a hub id (org/name) must be in the local cache when HF_HUB_OFFLINE=1."""
