@@ -255,7 +255,7 @@ def child_loop(data_dir: str, images: int, out: str, overrides: list[str]) -> di
     ctx, p = _context(data_dir, images, out, overrides)
     s, teacher = ctx.cfg.stream, ctx.teacher
     read = ReadImages(ctx.store)
-    decode = DecodeAndFanOut(teacher.needs_image, int(ctx.cfg.teacher.max_pixels), int(s.max_image_pixels))
+    decode = DecodeAndFanOut(teacher.needs_image, ctx.cfg.teacher.max_pixels, s.max_image_pixels)
     respond = TemplateRespond(teacher.specs, teacher.n_pairs)
     check = CheckUnits(ctx.cfg.filters, teacher.label())
     write = ShardWriter(ctx.output, ctx.store, ctx.build_id)
@@ -270,7 +270,7 @@ def child_loop(data_dir: str, images: int, out: str, overrides: list[str]) -> di
     receipts: list[dict[str, Any]] = []
     pending: list[pa.Table] = []
     n_pending = 0
-    wb, tb, cb = int(s.write_batch_size), int(s.teacher_batch_size), int(s.check_batch_size)
+    wb, tb, cb = s.write_batch_size, s.teacher_batch_size, s.check_batch_size
 
     def flush(final: bool) -> None:
         nonlocal pending, n_pending
@@ -287,7 +287,7 @@ def child_loop(data_dir: str, images: int, out: str, overrides: list[str]) -> di
             pending, n_pending = [results.slice(start)], results.num_rows - start
 
     t0, c0 = time.perf_counter(), time.process_time()
-    for block in split_for_stream(p.work, int(s.image_batch_size)):
+    for block in split_for_stream(p.work, s.image_batch_size):
         units = timed("decode_fanout", decode, timed("read", read, block))
         for i in range(0, units.num_rows, tb):
             answered = timed("teacher", respond, units.slice(i, tb))
@@ -359,11 +359,11 @@ def build_fused(p: Any, ctx: Any) -> Any:
 
     assert isinstance(ctx.teacher, TemplateTeacher), "--variant fused needs the template teacher"
     s, t = ctx.cfg.stream, ctx.teacher
-    args = {"store": ctx.store, "needs_image": t.needs_image, "max_pixels": int(ctx.cfg.teacher.max_pixels),
-            "max_image_pixels": int(s.max_image_pixels), "specs": t.specs, "n_pairs": t.n_pairs,
+    args = {"store": ctx.store, "needs_image": t.needs_image, "max_pixels": ctx.cfg.teacher.max_pixels,
+            "max_image_pixels": s.max_image_pixels, "specs": t.specs, "n_pairs": t.n_pairs,
             "filters": ctx.cfg.filters, "label": t.label(), "output": ctx.output, "build_id": ctx.build_id}
-    ds = ray.data.from_arrow(split_for_stream(p.work, int(s.image_batch_size)))
-    return ds.map_batches(FusedStages, fn_constructor_args=(args,), batch_size=int(s.image_batch_size),
+    ds = ray.data.from_arrow(split_for_stream(p.work, s.image_batch_size))
+    return ds.map_batches(FusedStages, fn_constructor_args=(args,), batch_size=s.image_batch_size,
                           batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cores()))
 
 

@@ -228,7 +228,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def child(args: argparse.Namespace) -> None:
     cfg = load_teacher_cfg(args)
-    units = synthetic_units(args.units, cfg.teacher.mode == "vision", int(cfg.teacher.max_pixels))
+    units = synthetic_units(args.units, cfg.teacher.mode == "vision", cfg.teacher.max_pixels)
     result = (run_bare if args.only == "bare" else run_ray)(cfg, units)
     print("RESULT " + json.dumps(result), flush=True)
     os._exit(0)  # skip engine / Ray teardown: the parent only needs the line above

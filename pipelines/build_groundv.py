@@ -58,12 +58,12 @@ class BuildContext:
     def __init__(self, cfg, validate_teacher: bool = True, dry_run: bool = False) -> None:
         self.dry_run = dry_run  # a dry run writes nothing, not even the source-index cache
         self.cfg = cfg
-        self.store = StorageSpec(cfg.storage.endpoint_url, int(cfg.storage.retries))
+        self.store = StorageSpec(cfg.storage.endpoint_url, cfg.storage.retries)
         self.output = cfg.output.uri if cfg.output.uri.startswith("s3://") else os.path.abspath(cfg.output.uri)
         cfg.output.uri = self.output
         self.sources = resolve_sources(cfg)
         self.prompts = load_prompts(cfg.teacher.prompts_dir or default_prompts_dir(), list(cfg.tasks))
-        self.teacher = build_teacher(cfg.teacher, self.prompts, self.store, int(cfg.stream.teacher_batch_size))
+        self.teacher = build_teacher(cfg.teacher, self.prompts, self.store, cfg.stream.teacher_batch_size)
         if validate_teacher:
             self.teacher.validate()
         self.exclude = load_exclusions(cfg.data.exclude_image_ids, self.store)
@@ -186,8 +186,8 @@ def build_stats(first: Plan, progress: Progress, shards, wall_s: float, cfg) -> 
 def cost_gpus(cfg) -> float:
     """GPUs the build paid for: cost.gpus if given, else the vLLM engine pool's maximum."""
     if cfg.cost.gpus is not None:
-        return float(cfg.cost.gpus)
-    if str(getattr(cfg.teacher.backend, "value", cfg.teacher.backend)) == "vllm":
+        return cfg.cost.gpus
+    if cfg.teacher.backend == "vllm":
         v = cfg.teacher.vllm
         return float(v.max_engines * v.gpus_per_engine)
     return 0.0
@@ -196,22 +196,22 @@ def cost_gpus(cfg) -> float:
 def preflight(cfg) -> None:
     """Everything that would fail later and can be checked in seconds, before Ray starts: every
     store is reachable with these credentials, input files exist, the teacher's weights exist."""
-    store = StorageSpec(cfg.storage.endpoint_url, int(cfg.storage.retries))
-    uris: dict[str, str] = {"output.uri": str(cfg.output.uri)}
+    store = StorageSpec(cfg.storage.endpoint_url, cfg.storage.retries)
+    uris: dict[str, str] = {"output.uri": cfg.output.uri}
     must: set[str] = set()
     for i, src in enumerate(cfg.data.sources):
         for key in ("annotations", "images"):
-            uris[f"data.sources[{i}].{key}"] = str(src[key])
+            uris[f"data.sources[{i}].{key}"] = getattr(src, key)
             must.add(f"data.sources[{i}].{key}")
     if isinstance(cfg.data.exclude_image_ids, str):
         uris["data.exclude_image_ids"] = cfg.data.exclude_image_ids
         must.add("data.exclude_image_ids")
-    if str(getattr(cfg.teacher.backend, "value", cfg.teacher.backend)) == "replay" and cfg.teacher.responses:
-        uris["teacher.responses"] = str(cfg.teacher.responses)
+    if cfg.teacher.backend == "replay" and cfg.teacher.responses:
+        uris["teacher.responses"] = cfg.teacher.responses
         must.add("teacher.responses")
     check_all_reachable(uris, store, frozenset(must))
-    if str(getattr(cfg.teacher.backend, "value", cfg.teacher.backend)) == "vllm":
-        check_model_source(str(cfg.teacher.vllm.model_source), store)
+    if cfg.teacher.backend == "vllm":
+        check_model_source(cfg.teacher.vllm.model_source, store)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     start_version = current.version if current else None
     try:
-        progress = Progress(first.units_to_run, float(cfg.stream.status_interval_s))
+        progress = Progress(first.units_to_run, cfg.stream.status_interval_s)
         p = first
         for _ in range(MAX_ROUNDS):
             if p.units_to_run:

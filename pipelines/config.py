@@ -163,8 +163,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_config(config_files: list[str], overrides: list[str]) -> DictConfig:
-    """Schema <- configs/default.yaml <- each --config file <- key=value overrides."""
+def load_config(config_files: list[str], overrides: list[str]) -> GroundVConfig:
+    """Schema <- configs/default.yaml <- each --config file <- key=value overrides, validated, then
+    turned into typed dataclasses once: the rest of the code reads typed fields, never casts."""
     cfg = OmegaConf.structured(GroundVConfig)
     layers: list[tuple[str, Any]] = []
     for path in [DEFAULT_CONFIG, *config_files]:
@@ -190,7 +191,18 @@ def load_config(config_files: list[str], overrides: list[str]) -> DictConfig:
         except OmegaConfBaseException as exc:
             raise ConfigError(_explain(exc, origin)) from None
     validate(cfg)
-    return cfg
+    return to_typed(cfg)
+
+
+def to_typed(cfg: DictConfig) -> GroundVConfig:
+    """The validated omegaconf tree as GroundVConfig dataclasses (StrEnums, ints, lists)."""
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def config_from_manifest(config: dict[str, Any]) -> GroundVConfig:
+    """The typed config a manifest stored (for tools that re-open a version's sources)."""
+    merged = OmegaConf.merge(OmegaConf.structured(GroundVConfig), OmegaConf.create(config))
+    return to_typed(merged)  # type: ignore[arg-type]
 
 
 def _explain(exc: OmegaConfBaseException, origin: str) -> str:
@@ -267,13 +279,18 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("output.uri is empty")
 
 
-def resolved(cfg: DictConfig) -> dict[str, Any]:
+def _container(cfg: Any) -> Any:
+    node = cfg if OmegaConf.is_config(cfg) else OmegaConf.structured(cfg)
+    return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+
+
+def resolved(cfg: GroundVConfig | DictConfig) -> dict[str, Any]:
     """The resolved config as plain JSON-able data, credentials redacted: what the manifest stores
     and what is printed. Credentials belong in the AWS chain / the environment, but a token put in
     `teacher.vllm.runtime_env.env_vars` or `engine_kwargs` must not be written out."""
-    return redact(json.loads(json.dumps(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))))
+    return redact(json.loads(json.dumps(_container(cfg))))
 
 
-def config_hash(cfg: DictConfig) -> str:
+def config_hash(cfg: GroundVConfig | DictConfig) -> str:
     blob = json.dumps(resolved(cfg), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()

@@ -81,15 +81,15 @@ def _actors(lo: int, hi: int) -> Any:
 
 def build_teacher(teacher_cfg: Any, specs: dict[str, PromptSpec], store: StorageSpec,
                   batch_size: int = 64) -> Teacher:
-    backend = str(getattr(teacher_cfg.backend, "value", teacher_cfg.backend))
+    backend = teacher_cfg.backend
     if backend == "template":
-        return TemplateTeacher(specs, int(teacher_cfg.pairs_per_unit), batch_size)
+        return TemplateTeacher(specs, teacher_cfg.pairs_per_unit, batch_size)
     if backend == "replay":
         from teachers.replay import ReplayTeacher
 
-        settings = {"mode": str(teacher_cfg.mode), "box_format": str(teacher_cfg.box_format),
-                    "pairs_per_unit": int(teacher_cfg.pairs_per_unit), "max_pixels": int(teacher_cfg.max_pixels)}
-        return ReplayTeacher(str(teacher_cfg.responses), store, source=str(teacher_cfg.replay_source),
+        settings = {"mode": teacher_cfg.mode, "box_format": teacher_cfg.box_format,
+                    "pairs_per_unit": teacher_cfg.pairs_per_unit, "max_pixels": teacher_cfg.max_pixels}
+        return ReplayTeacher(teacher_cfg.responses, store, source=teacher_cfg.replay_source,
                              prompt_settings=settings)
     if backend == "vllm":
         from teachers.vllm_backend import VllmTeacher

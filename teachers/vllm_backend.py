@@ -92,23 +92,23 @@ class VllmTeacher(Teacher):
     def __init__(self, teacher_cfg: Any, prompts: Mapping[str, PromptSpec]) -> None:
         v = teacher_cfg.vllm
         self.specs = dict(prompts)
-        self.mode = str(teacher_cfg.mode)
+        self.mode = teacher_cfg.mode
         if self.mode not in ("vision", "text"):
             raise ValueError(f"teacher.mode must be 'vision' or 'text', got {self.mode!r}")
         self.needs_image = self.mode == "vision"
-        self.box_format = str(teacher_cfg.box_format)
-        self.n_pairs = int(teacher_cfg.pairs_per_unit)
-        self.max_pixels = int(teacher_cfg.max_pixels)
-        self.model_source = str(v.model_source)
+        self.box_format = teacher_cfg.box_format
+        self.n_pairs = teacher_cfg.pairs_per_unit
+        self.max_pixels = teacher_cfg.max_pixels
+        self.model_source = v.model_source
         if not self.model_source:
             raise ValueError("teacher.vllm.model_source is empty (hub id, local path or s3:// copy)")
-        self.revision = None if v.revision is None else str(v.revision)
-        self.accelerator_type = None if v.accelerator_type is None else str(v.accelerator_type)
-        self.min_engines = int(v.min_engines)
-        self.max_engines = int(v.max_engines)
-        self.batch_size = int(v.batch_size)
-        self.gpus_per_engine = int(v.gpus_per_engine)
-        self.cpu_only = bool(v.cpu_only)
+        self.revision = v.revision
+        self.accelerator_type = v.accelerator_type
+        self.min_engines = v.min_engines
+        self.max_engines = v.max_engines
+        self.batch_size = v.batch_size
+        self.gpus_per_engine = v.gpus_per_engine
+        self.cpu_only = v.cpu_only
         self.runtime_env = _plain(v.runtime_env) or None
         self.sampling = _typed_sampling(_plain(v.sampling) or {})
         self.sampling.setdefault("max_tokens", DEFAULT_MAX_TOKENS)

@@ -18,8 +18,8 @@ import boto3
 import pytest
 import yaml
 
-from pipelines.sources.sample_data import ensure_sample_dataset
 from pipelines.core.secrets import scrub
+from pipelines.sources.sample_data import ensure_sample_dataset
 from tests.flaky_proxy import FlakyProxy
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -64,7 +64,7 @@ class FusedCpuStage:
     def __init__(self, store: StorageSpec, teacher: Teacher, cfg_stream: Any, max_pixels: int, filters: Any,
                  output: str, build_id: str) -> None:
         self.read = ReadImages(store)
-        self.decode = DecodeAndFanOut(teacher.needs_image, max_pixels, int(cfg_stream.max_image_pixels))
+        self.decode = DecodeAndFanOut(teacher.needs_image, max_pixels, cfg_stream.max_image_pixels)
         self.teach = teacher.cpu_stage()
         self.check = CheckUnits(filters, teacher.label())
         self.write = ShardWriter(output, store, build_id)
@@ -81,7 +81,7 @@ def build_stream(plan: Plan, teacher: Teacher, cfg: Any, store: StorageSpec, bui
         n = s.cpu_actors_max or max(1, int(ray.cluster_resources().get("CPU", 1)) // 2)
         return ds.map_batches(
             FusedCpuStage,
-            fn_constructor_args=(store, teacher, s, int(cfg.teacher.max_pixels), cfg.filters, cfg.output.uri,
+            fn_constructor_args=(store, teacher, s, cfg.teacher.max_pixels, cfg.filters, cfg.output.uri,
                                  build_id),
             batch_size=s.image_batch_size, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, n)),
@@ -92,7 +92,7 @@ def build_stream(plan: Plan, teacher: Teacher, cfg: Any, store: StorageSpec, bui
                         num_cpus=0.5)
     ds = ds.map_batches(
         DecodeAndFanOut,
-        fn_constructor_args=(teacher.needs_image, int(cfg.teacher.max_pixels), int(s.max_image_pixels)),
+        fn_constructor_args=(teacher.needs_image, cfg.teacher.max_pixels, s.max_image_pixels),
         batch_size=s.image_batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
     )

@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"export: configuration error: {exc}", file=sys.stderr)
         return 2
-    store = StorageSpec(cfg.storage.endpoint_url, int(cfg.storage.retries))
+    store = StorageSpec(cfg.storage.endpoint_url, cfg.storage.retries)
     try:
         receipt = export(args.format, args.output or cfg.output.uri, args.out, version=args.version,
                          tasks=args.tasks, split=args.split, segmentation=args.segmentation, images=args.images,

@@ -41,7 +41,7 @@ def unit_lines(ctx: BuildContext, work_rows: list[dict[str, Any]], inline_images
         if with_image and inline_images and not image["image_error"]:
             data = storage.read_bytes(image["image_uri"], ctx.store)
             jpeg, tw, th, err, _ = decode_image(data, image["width"], image["height"],
-                                                int(ctx.cfg.stream.max_image_pixels), True, int(t.max_pixels))
+                                                ctx.cfg.stream.max_image_pixels, True, int(t.max_pixels))
             url = image_data_url(jpeg) if jpeg else url
         row = {**image, "teacher_width": tw, "teacher_height": th}
         table_rows = build_object_table(image["objects"] or [])

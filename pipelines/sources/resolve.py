@@ -46,7 +46,7 @@ def resolve_sources(cfg: Any) -> list[SourceSpec]:
                            [t for t in tasks if t in _sample_tasks(m["format"])]) for m in made]
     out = []
     for src in cfg.data.sources:
-        fmt = str(getattr(src.format, "value", src.format))
+        fmt = src.format
         want = list(src.tasks) if src.tasks else tasks
         out.append(SourceSpec(src.name, fmt, _abs(src.annotations), _abs(src.images),
                               [t for t in tasks if t in want]))

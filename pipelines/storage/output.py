@@ -133,6 +133,6 @@ def read_responses(output: str, ledger: Ledger, keys_by_batch: dict[str, set[str
 
 def output_of(cfg: Any, output_arg: str | None) -> tuple[StorageSpec, str]:
     """The store and the absolute output uri a CLI tool works on (`--output` or the config's)."""
-    store = StorageSpec(cfg.storage.endpoint_url, int(cfg.storage.retries))
+    store = StorageSpec(cfg.storage.endpoint_url, cfg.storage.retries)
     output = output_arg or cfg.output.uri
     return store, output if storage.is_s3(output) else os.path.abspath(output)
