@@ -128,7 +128,10 @@ class StreamConfig:
     check_actors_max: int = 2
     # CPU teachers (template, replay): run read..write as one fused actor stage (see stream.py)
     fuse_cpu_stages: bool = True
-    cpu_actors_max: int | None = None  # fused stage pool size; default: the cluster's CPUs / 2
+    # Fused stage pool bounds. Default: a local Ray starts at half its CPUs; a cluster grows from 1 to
+    # the autoscaler's maximum (never sized from what happens to be up at submit: pipelines/core/resources.py).
+    cpu_actors_min: int | None = None
+    cpu_actors_max: int | None = None
     max_image_pixels: int = 50_000_000  # decompression-bomb guard, checked before decoding
     status_interval_s: float = 10.0
 

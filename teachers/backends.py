@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from pipelines.core.knowledge import DEFAULT_KNOWLEDGE_PATH, load_knowledge
+from pipelines.core.resources import Resources, stage
 from teachers.base import Teacher, append_teacher_columns
 from teachers.prompts import PromptSpec
 from teachers.template import template_respond_batch
@@ -28,6 +29,9 @@ def file_sha256(path: str) -> str:
 
 class TemplateRespond:
     """Ray Data stage wrapping the pure template teacher (the knowledge table loads once per worker)."""
+
+    # Cheap string templating: two one-core actors keep up with decode and checks.
+    resources = Resources(num_cpus=1, max_actors=2)
 
     def __init__(self, specs: dict[str, PromptSpec], n_pairs: int) -> None:
         self.specs = specs
@@ -68,15 +72,7 @@ class TemplateTeacher(Teacher):
         return TemplateRespond(self.specs, self.n_pairs)
 
     def attach(self, ds: ray.data.Dataset) -> ray.data.Dataset:
-        return ds.map_batches(TemplateRespond, fn_constructor_args=(self.specs, self.n_pairs),
-                              batch_size=self.batch_size, batch_format="pyarrow",
-                              compute=_actors(1, 2))
-
-
-def _actors(lo: int, hi: int) -> Any:
-    import ray.data
-
-    return ray.data.ActorPoolStrategy(min_size=lo, max_size=hi)
+        return stage(TemplateRespond, self.batch_size).apply(ds, self.specs, self.n_pairs)
 
 
 def build_teacher(teacher_cfg: Any, specs: dict[str, PromptSpec], store: StorageSpec,

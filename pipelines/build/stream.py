@@ -17,39 +17,50 @@ from pipelines.build.plan import Plan, split_for_stream
 from pipelines.build.stages.check import CheckUnits
 from pipelines.build.stages.images import DecodeAndFanOut, ReadImages
 from pipelines.build.stages.shards import ShardWriter
-from pipelines.config import GroundVConfig
+from pipelines.config import GroundVConfig, StreamConfig
+from pipelines.core.resources import Resources, StageSpec, pool_ceiling, stage
 from pipelines.storage.fs import StorageSpec
 from teachers.base import Teacher
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_LOCAL_RAY = False  # True when this process started the Ray it runs on (it cannot grow)
 
 
-def _code_runtime_env() -> dict[str, Any]:
-    """Make this checkout importable by the workers of a driver started by hand.
-
-    Inside `ray job submit --working-dir .` the job's runtime env already ships the code (and the
-    job supervisor sets RAY_JOB_CONFIG_JSON_ENV_VAR); we must not override it there.
-    """
-    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
-        return {}
-    path = os.pathsep.join(p for p in (PROJECT_ROOT, os.environ.get("PYTHONPATH", "")) if p)
-    return {"env_vars": {"PYTHONPATH": path}}
+def _export_code_path() -> None:
+    """Make this checkout importable by the workers of a local Ray this driver starts: workers
+    inherit the driver's environment, so PYTHONPATH is enough (a runtime_env would cost a worker
+    start-up per job). Inside `ray job submit --working-dir .` the job ships the code itself."""
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if PROJECT_ROOT not in parts:
+        os.environ["PYTHONPATH"] = os.pathsep.join([PROJECT_ROOT, *parts])
 
 
 def init_ray(cfg: GroundVConfig) -> None:
     """Join the cluster (ray job submit sets RAY_ADDRESS) or start a local Ray."""
+    global _LOCAL_RAY
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    runtime_env = _code_runtime_env()
     if address:
+        # A driver started by hand against a running cluster: its workers do not share our env.
+        runtime_env = ({} if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+                       else {"env_vars": {"PYTHONPATH": PROJECT_ROOT}})
         ray.init(address=address, log_to_driver=True, runtime_env=runtime_env or None)
         return
+    _export_code_path()
     # On a 2-core box the stage actors can take every slot and starve the read tasks: give the
     # local Ray at least 4 logical CPUs (STACK.md).
     num_cpus = cfg.ray.num_cpus or max(4, os.cpu_count() or 1)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=runtime_env or None)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+    _LOCAL_RAY = True
+
+
+def cpu_ceiling() -> int:
+    """Largest CPU actor pool worth asking for (see pipelines/core/resources.py). A local Ray keeps half its
+    logical CPUs for reads, writes and Ray Data's own tasks."""
+    ceiling = pool_ceiling(local=_LOCAL_RAY)
+    return max(1, ceiling // 2) if _LOCAL_RAY else ceiling
 
 
 class FusedCpuStage:
@@ -61,8 +72,11 @@ class FusedCpuStage:
     CPU machines (bench/README.md). GPU teachers keep separate stages so the engine pool scales alone.
     """
 
-    def __init__(self, store: StorageSpec, teacher: Teacher, cfg_stream: Any, max_pixels: int, filters: Any,
-                 output: str, build_id: str) -> None:
+    # One core per actor: the chain is CPU-bound Python (decode, templates, pycocotools checks).
+    resources = Resources(num_cpus=1)
+
+    def __init__(self, store: StorageSpec, teacher: Teacher, cfg_stream: StreamConfig, max_pixels: int,
+                 filters: Any, output: str, build_id: str) -> None:
         self.read = ReadImages(store)
         self.decode = DecodeAndFanOut(teacher.needs_image, max_pixels, cfg_stream.max_image_pixels)
         self.teach = teacher.cpu_stage()
@@ -73,45 +87,44 @@ class FusedCpuStage:
         return self.write(self.check(self.teach(self.decode(self.read(batch)))))
 
 
-def build_stream(plan: Plan, teacher: Teacher, cfg: Any, store: StorageSpec, build_id: str) -> ray.data.Dataset:
+def fused_spec(s: StreamConfig) -> StageSpec:
+    """The fused pool: configured bounds, else the cluster's ceiling. A local Ray cannot grow, so
+    its pool starts at full size (no scale-up lag); a cluster starts small and grows with work."""
+    ceiling = cpu_ceiling()
+    hi = s.cpu_actors_max or ceiling
+    lo = s.cpu_actors_min or (hi if _LOCAL_RAY else 1)
+    return stage(FusedCpuStage, s.image_batch_size, min_actors=lo, max_actors=hi)
+
+
+def build_stream(plan: Plan, teacher: Teacher, cfg: GroundVConfig, store: StorageSpec,
+                 build_id: str) -> ray.data.Dataset:
     s = cfg.stream
     blocks = split_for_stream(plan.work, s.image_batch_size)
     ds = ray.data.from_arrow(blocks)
     if teacher.cpu_stage() is not None and s.fuse_cpu_stages:
-        n = s.cpu_actors_max or max(1, int(ray.cluster_resources().get("CPU", 1)) // 2)
-        return ds.map_batches(
-            FusedCpuStage,
-            fn_constructor_args=(store, teacher, s, cfg.teacher.max_pixels, cfg.filters, cfg.output.uri,
-                                 build_id),
-            batch_size=s.image_batch_size, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, n)),
-        )
-    # Read bytes once per image (I/O bound tasks), then decode/resize and fan out to units.
-    ds = ds.map_batches(ReadImages, fn_constructor_args=(store,), batch_size=s.image_batch_size,
-                        batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
-                        num_cpus=0.5)
-    ds = ds.map_batches(
-        DecodeAndFanOut,
-        fn_constructor_args=(teacher.needs_image, cfg.teacher.max_pixels, s.max_image_pixels),
-        batch_size=s.image_batch_size, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
-    )
+        return fused_spec(s).apply(ds, store, teacher, s, cfg.teacher.max_pixels, cfg.filters, cfg.output.uri,
+                                   build_id)
+    ceiling = cpu_ceiling()
+    # Read bytes once per image (I/O bound), then decode/resize and fan out to units.
+    ds = stage(ReadImages, s.image_batch_size, ceiling=ceiling).apply(ds, store)
+    ds = stage(DecodeAndFanOut, s.image_batch_size, ceiling=ceiling).apply(
+        ds, teacher.needs_image, cfg.teacher.max_pixels, s.max_image_pixels)
     # One branch only (a second branch would re-read every image): units whose image failed pass
     # through the teacher stage untouched, by the Teacher contract (teachers/base.py).
     units = teacher.attach(ds)
-    results = units.map_batches(
-        CheckUnits, fn_constructor_args=(cfg.filters, teacher.label()), batch_size=s.check_batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=s.check_actors_min, max_size=s.check_actors_max),
-    )
-    return results.map_batches(
-        ShardWriter, fn_constructor_args=(cfg.output.uri, store, build_id), batch_size=s.write_batch_size,
-        batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2), num_cpus=0.5,
-    )
+    return _check_and_write(units, cfg, store, build_id, teacher.label())
 
 
-def build_refilter_stream(units: list[dict[str, Any]], responses: dict[str, dict], cfg: Any, store: StorageSpec,
-                          build_id: str, teacher_label: str) -> ray.data.Dataset:
+def _check_and_write(ds: ray.data.Dataset, cfg: GroundVConfig, store: StorageSpec, build_id: str,
+                     teacher_label: str) -> ray.data.Dataset:
+    s = cfg.stream
+    results = stage(CheckUnits, s.check_batch_size, s.check_actors_min, s.check_actors_max).apply(
+        ds, cfg.filters, teacher_label)
+    return stage(ShardWriter, s.write_batch_size).apply(results, cfg.output.uri, store, build_id)
+
+
+def build_refilter_stream(units: list[dict[str, Any]], responses: dict[str, dict], cfg: GroundVConfig,
+                          store: StorageSpec, build_id: str, teacher_label: str) -> ray.data.Dataset:
     """Re-check stored responses under the current filters: no image read, no teacher call."""
     import pyarrow as pa
 
@@ -123,17 +136,8 @@ def build_refilter_stream(units: list[dict[str, Any]], responses: dict[str, dict
         r = responses.get(u["gen_key"], {})
         rows.append({**{k: u[k] for k in UNIT_SCHEMA.names}, **{n: r.get(n) for n, _ in TEACHER_OUT_FIELDS}})
     table = pa.Table.from_pylist(rows, schema=schema)
-    s = cfg.stream
-    ds = ray.data.from_arrow(split_for_stream(table, s.check_batch_size))
-    results = ds.map_batches(
-        CheckUnits, fn_constructor_args=(cfg.filters, teacher_label), batch_size=s.check_batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=s.check_actors_min, max_size=s.check_actors_max),
-    )
-    return results.map_batches(
-        ShardWriter, fn_constructor_args=(cfg.output.uri, store, build_id), batch_size=s.write_batch_size,
-        batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2), num_cpus=0.5,
-    )
+    ds = ray.data.from_arrow(split_for_stream(table, cfg.stream.check_batch_size))
+    return _check_and_write(ds, cfg, store, build_id, teacher_label)
 
 
 def iter_receipts(ds: ray.data.Dataset) -> Iterator[dict[str, Any]]:

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import pyarrow as pa
 
 from pipelines.core.knowledge import load_knowledge
+from pipelines.core.resources import Resources
 from pipelines.filters.check_unit import check_unit
 from pipelines.filters.settings import FilterSettings, coerce_settings, filter_version
 from schemas.columns import (
@@ -116,6 +117,9 @@ def check_one(
 
 class CheckUnits:
     """Ray Data actor stage: parse + mask-consistency filters over a batch of units."""
+
+    # CPU bound (pycocotools in RLE space); pool bounds come from stream.check_actors_min/max.
+    resources = Resources(num_cpus=1)
 
     def __init__(self, settings: Any, teacher_label: str) -> None:
         self.settings = coerce_settings(settings)

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.build.stats import batch_stats
+from pipelines.core.resources import Resources
 from pipelines.storage import fs as storage
 from pipelines.storage.fs import StorageSpec
 from schemas.columns import KIND_ERRORS, KIND_RAW, KIND_REJECTS, KIND_SCHEMAS, RECEIPT_SCHEMA, SHARD_KINDS
@@ -54,6 +55,9 @@ def batch_id(shard_digests: list[str]) -> str:
 
 class ShardWriter:
     """Ray Data stage: a batch of UNIT_RESULT rows -> shards + receipt -> one RECEIPT row."""
+
+    # I/O bound (Parquet encode + upload): two writers at half a core keep up with the checks.
+    resources = Resources(num_cpus=0.5, max_actors=2)
 
     def __init__(self, output: str, store: StorageSpec, build_id: str) -> None:
         self.output = output
