@@ -67,3 +67,31 @@ def sample_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("sample")
     ensure_sample_dataset(str(root), num_images=24, seed=0)
     return root
+
+
+# ----------------------------------------------------------------------------------------- markers
+# `pytest -m unit` is the seconds-long loop; the full suite (no -m) is what CI runs. Markers come
+# from what a test uses, so a new test is classified without remembering to mark it; pure modules are
+# `unit` as a whole and a pure test elsewhere says `@pytest.mark.unit` itself.
+PURE_MODULES = {"test_filters", "test_masks", "test_prompts", "test_readers", "test_sample_data",
+                "test_template_teacher"}
+VLLM_MODULES = {"test_vllm_teacher"}  # their Ray tests run the real vLLM engine on CPU
+CLUSTER_MODULES = {"test_cluster", "test_job_submit", "test_pool_autoscale"}
+HEAVY = ("ray", "s3", "cluster", "vllm", "browser")
+
+
+def pytest_collection_modifyitems(config, items):  # noqa: ARG001 - pytest hook signature
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if "ray_session" in names:
+            item.add_marker(pytest.mark.ray)
+            if module in VLLM_MODULES:
+                item.add_marker(pytest.mark.vllm)
+        if names & {"s3_server", "s3_bucket"}:
+            item.add_marker(pytest.mark.s3)
+        if module in CLUSTER_MODULES:
+            item.add_marker(pytest.mark.cluster)
+        heavy = any(item.get_closest_marker(m) for m in HEAVY)
+        if module in PURE_MODULES and not heavy:
+            item.add_marker(pytest.mark.unit)
