@@ -40,21 +40,6 @@ class ShardEntry:
 
 
 @dataclass
-class TaskStats:
-    planned: int = 0
-    reused: int = 0
-    teacher_calls: int = 0
-    accepted: int = 0  # accepted pairs (sample rows)
-    rejected: int = 0  # rejected pairs / responses (reject rows)
-    errors: int = 0  # units ended as errors
-    dropped: int = 0  # units of the parent version no longer in the dataset
-    units_accepted: int = 0
-    units_rejected: int = 0
-    prompt_tokens: int = 0
-    output_tokens: int = 0
-
-
-@dataclass
 class Manifest:
     version: int
     parent_version: int | None

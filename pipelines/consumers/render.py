@@ -36,10 +36,6 @@ TASK_COLOURS: dict[str, RGB] = {
 }
 
 
-def colour_of(index: int) -> RGB:
-    return PALETTE[index % len(PALETTE)]
-
-
 def pick_colours(image: Image.Image, masks: Sequence[np.ndarray],
                  around: Sequence[np.ndarray | None] | None = None, min_distance: float = 120.0) -> list[RGB]:
     """A distinct palette colour per mask, far from the mean colour under the mask (and under

@@ -19,9 +19,6 @@ import yaml
 _PAREN = re.compile(r"\s*\([^)]*\)")
 DEFAULT_KNOWLEDGE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "knowledge.yaml")
 
-# Relation-template kinds in knowledge.yaml, picked by what the subject is.
-RELATION_KINDS = ("person", "animal", "object")
-
 
 def normalize(name: str) -> str:
     """Lower case, ``_``/``:``-free, single-spaced form of a category or part name."""

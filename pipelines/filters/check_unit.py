@@ -85,9 +85,6 @@ class UnitCheck:
     accepted: list[AcceptedPair] = field(default_factory=list)
     rejected: list[RejectedPair] = field(default_factory=list)
 
-    def reasons(self) -> list[str]:
-        return [r.reason for r in self.rejected]
-
 
 def check_unit(
     unit: Mapping[str, Any],

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import warnings
 from typing import Any
 
@@ -20,7 +19,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from pipelines.core.resources import Resources
 from pipelines.storage import fs as storage
 from pipelines.storage.fs import StorageError, StorageSpec
-from schemas.columns import IMAGE_WORK_SCHEMA, UNIT_SCHEMA
+from schemas.columns import UNIT_SCHEMA
 
 # We enforce our own pixel limit (stream.max_image_pixels) before decoding, with a reason code.
 Image.MAX_IMAGE_PIXELS = None
@@ -33,12 +32,6 @@ DECODE_REASON_CODES: tuple[str, ...] = (
     "empty_image", "not_an_image", "truncated_image", "too_many_pixels", "size_mismatch", "exif_rotated",
     "unsupported_mode",
 )
-
-READ_SCHEMA = pa.schema(
-    [*IMAGE_WORK_SCHEMA, ("image_bytes", pa.binary()), ("read_error", pa.string()),
-     ("read_error_detail", pa.string())]
-)
-
 
 def read_image_bytes(uri: str, store: StorageSpec) -> tuple[bytes | None, str | None, str | None]:
     """(bytes, error_reason, detail) for one image uri.
@@ -259,12 +252,3 @@ def fan_out(
             }
         )
     return out
-
-
-def safe_join(prefix: str, file_name: str) -> str | None:
-    """prefix/file_name, or None when file_name would escape the prefix (absolute, '..')."""
-    if not file_name or file_name.startswith("/") or os.path.isabs(file_name):
-        return None
-    if any(part == ".." for part in file_name.replace("\\", "/").split("/")):
-        return None
-    return storage.join(prefix, file_name)
