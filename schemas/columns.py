@@ -12,6 +12,17 @@ import pyarrow as pa
 # The five Ground-V task types, in the order they are planned and reported.
 TASKS: tuple[str, ...] = ("hallucination", "multi_object", "reasoning", "multi_granularity", "part")
 
+# (min, max) number of targets a pair of each task may have; None = unbounded. Hallucination
+# answers are no-target samples by definition; multi_object is "several objects at once". The one
+# home of this rule: the filters, the answer JSON schema and the prompt validation all read it.
+TARGET_BOUNDS: dict[str, tuple[int, int | None]] = {
+    "hallucination": (0, 0),
+    "multi_object": (2, None),
+    "reasoning": (1, None),
+    "multi_granularity": (1, None),
+    "part": (1, None),
+}
+
 # Subtypes a task may declare (the vLLM schema's enum; the template teacher uses them too).
 TASK_SUBTYPES: dict[str, tuple[str, ...]] = {
     "hallucination": ("object", "attribute", "relation"),

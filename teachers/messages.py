@@ -26,7 +26,7 @@ import json
 from typing import Any
 
 from pipelines.core.object_table import render_object_table
-from schemas.columns import ANSWER_FIELDS, ANSWER_PAIRS
+from schemas.columns import ANSWER_FIELDS, ANSWER_PAIRS, TARGET_BOUNDS
 from teachers.prompts import PromptSpec
 
 MESSAGES_VERSION = "1"
@@ -44,7 +44,6 @@ _TEXT_NOTE = (
 _EXAMPLE_NOTE = "Example (the image is not shown here, only its object table)."
 
 # Minimum targets per pair by task, mirrored into the JSON schema so decoding can't violate it.
-_MIN_TARGETS = {"hallucination": 0, "multi_object": 2}
 
 
 def _bullets(lines: tuple[str, ...]) -> str:
@@ -112,7 +111,7 @@ def answer_json_schema(task: str, subtypes: list[str], local_ids: list[int], n_p
             target["items"] = {"type": "integer", "enum": ids}
     else:
         target["items"] = {"type": "integer", "enum": ids}
-        target["minItems"] = min(_MIN_TARGETS.get(task, 1), len(ids))
+        target["minItems"] = min(TARGET_BOUNDS[task][0], len(ids))
         target["maxItems"] = len(ids)
     pair = {
         "type": "object",

@@ -27,18 +27,10 @@ from typing import Any, Iterable
 
 import yaml
 
-from schemas.columns import ANSWER_FIELDS, ANSWER_PAIRS, TASK_SUBTYPES
+from schemas.columns import ANSWER_FIELDS, ANSWER_PAIRS, TARGET_BOUNDS, TASK_SUBTYPES
 
 MIN_EXAMPLES = 3
 
-# Fewest / most target ids a pair of each task may have (None = no upper bound).
-TARGET_COUNT: dict[str, tuple[int, int | None]] = {
-    "hallucination": (0, 0),
-    "multi_object": (2, None),
-    "reasoning": (1, None),
-    "multi_granularity": (1, None),
-    "part": (1, None),
-}
 
 
 class PromptError(ValueError):
@@ -103,7 +95,7 @@ def example_errors(task: str, subtypes: Iterable[str], example: Any) -> list[str
     pairs = response.get(ANSWER_PAIRS) if isinstance(response, dict) else None
     if not isinstance(pairs, list) or not pairs:
         return errs + [f"'response' must be {{'{ANSWER_PAIRS}': [...]}} with at least one pair"]
-    lo, hi = TARGET_COUNT[task]
+    lo, hi = TARGET_BOUNDS[task]
     allowed = set(subtypes)
     for i, p in enumerate(pairs):
         where = f"pair {i}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 from pipelines.filters.context import PairView
+from schemas.columns import TARGET_BOUNDS
 
 UNKNOWN_ID = "unknown_id"
 DUPLICATE_ID = "duplicate_id"
@@ -13,15 +14,6 @@ TARGET_COUNT = "target_count"
 CROWD_TARGET = "crowd_target"
 NOT_A_PART = "not_a_part"
 
-# (min, max) number of targets per task; None = unbounded. Hallucination answers are no-target
-# samples by definition; multi_object is "several objects at once".
-TARGET_BOUNDS: dict[str, tuple[int, int | None]] = {
-    "hallucination": (0, 0),
-    "multi_object": (2, None),
-    "reasoning": (1, None),
-    "multi_granularity": (1, None),
-    "part": (1, None),
-}
 
 
 def check_unknown_id(pair: PairView) -> str | None:
