@@ -183,3 +183,30 @@ def write_report(output: str, name: str, store: Any, target_precision: float = 0
     storage.write_bytes(paths[0], json.dumps(r, indent=2, sort_keys=True).encode(), store)
     storage.write_bytes(paths[1], report_html(r).encode(), store)
     return r, paths
+
+
+def audits_of_version(output: str, version: int, store: Any) -> list[str]:
+    """One line per audit of `version` (for `manifest.py show`): size, and its latest report's precision."""
+    import json
+
+    from pipelines.quality.store import audit_uri, list_audits, read_json, sample_uri
+    from pipelines.storage import fs as storage
+
+    lines = []
+    for name in list_audits(output, store):
+        try:
+            sample = read_json(sample_uri(output, name), store)
+        except (FileNotFoundError, ValueError):
+            continue
+        if int(sample.get("version", -1)) != version:
+            continue
+        line = f"audit {name}: {len(sample['items'])} pairs drawn {sample.get('created_at')}"
+        try:
+            r = json.loads(storage.read_bytes(storage.join(audit_uri(output, name), "report.json"), store))
+            pooled = r["overall"]["pooled"]
+            line += (f"; precision {pooled['p']:.3f} [{pooled['low']:.3f}, {pooled['high']:.3f}] "
+                     f"({pooled['k']}/{pooled['n']})" if pooled.get("n") else "; no verdicts in its report")
+        except (FileNotFoundError, ValueError, KeyError):
+            line += "; no report yet"
+        lines.append(line)
+    return lines
