@@ -8,7 +8,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -62,7 +61,8 @@ def test_sample_is_stratified_seeded_and_complete(audit_build):
     for it in a["items"]:  # the stored pair is the version's row, field by field
         if it["kind"] == "sample":
             row = by_id[it["key"]]
-            assert (it["instruction"], it["target_ids"], it["mask"]) == (row["instruction"], row["target_ids"], row["mask"])
+            cols = ("instruction", "target_ids", "mask")
+            assert [it[c] for c in cols] == [row[c] for c in cols]
         else:
             assert it["pair_index"] >= 0 and it["reason"]
     assert len({i["key"] for i in a["items"]}) == len(a["items"])

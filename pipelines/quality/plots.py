@@ -31,7 +31,8 @@ def figure(w: float = 6.0, h: float = 3.4) -> tuple[Figure, Axes]:
     return fig, ax
 
 
-def precision(ax: Axes, per_task: Mapping[str, Mapping[str, Any]], title: str = "human precision (Wilson 95 %)") -> None:
+def precision(ax: Axes, per_task: Mapping[str, Mapping[str, Any]],
+              title: str = "human precision (Wilson 95 %)") -> None:
     """Per-task precision points with their Wilson intervals as error bars (tasks without verdicts: none)."""
     tasks = [t for t, d in per_task.items() if d.get("n")]
     ps = [per_task[t]["p"] for t in tasks]

@@ -64,7 +64,8 @@ def _agreement(current: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, 
 
 
 def _verifier(items: list[dict[str, Any]], labels: dict[str, bool], target: float) -> dict[str, Any] | None:
-    rows = [(it, labels[it["key"]]) for it in items if it["key"] in labels and it.get("verify_verdict") in ("pass", "fail")]
+    rows = [(it, labels[it["key"]]) for it in items
+            if it["key"] in labels and it.get("verify_verdict") in ("pass", "fail")]
     if not rows:
         return None
     ver = [it["verify_verdict"] == "pass" for it, _ in rows]
@@ -162,7 +163,8 @@ def report_html(r: dict[str, Any]) -> str:
     return plots.page(f"Ground-V audit {r['audit']} (version {r['version']})", [("summary", render_text(r))], images)
 
 
-def write_report(output: str, name: str, store: Any, target_precision: float = 0.95) -> tuple[dict[str, Any], list[str]]:
+def write_report(output: str, name: str, store: Any,
+                 target_precision: float = 0.95) -> tuple[dict[str, Any], list[str]]:
     """Compute the report of audit `name` and write report.json + report.html next to its sample."""
     import json
 

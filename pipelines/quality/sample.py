@@ -109,7 +109,7 @@ def draw_sample(output: str, name: str, store: StorageSpec, per_task: int, versi
     random.Random(f"{seed}:order").shuffle(items)  # tasks and kinds mixed, so no run of one kind biases people
     sample = {"format": SAMPLE_FORMAT, "name": name, "version": m.version, "build_id": m.build_id,
               "seed": seed, "per_task": per_task, "rejects_per_task": rejects,
-              "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
               "population": population, "items": items}
     if not create_record(sample_uri(output, name), sample, store):
         raise AuditError(f"audit {name!r} already exists under {output}: pick another --name "

@@ -52,7 +52,7 @@ class VerdictLog:
     def _write(self, key: str, verdict: str, reason: str | None, vid: str | None) -> dict[str, Any]:
         seq = self.seq + 1
         rec = {"auditor": self.auditor, "key": key, "verdict": verdict, "reason": reason, "seq": seq,
-               "vid": vid, "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")}
+               "vid": vid, "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")}
         uri = storage.join(verdicts_uri(self.output, self.name, self.auditor), f"{seq:08d}.json")
         if not create_record(uri, rec, self.store):
             raise ConflictError(f"verdict record {seq} of auditor {self.auditor!r} was written by another server: "

@@ -75,28 +75,33 @@ async function post(url, body) {
 async function give(verdict, reason) {
   const key = S.keys[S.index];
   if (!key) return;
-  S.busy = true; setStatus("saving", "saving…");
+  busy(true); setStatus("saving", "saving…");
   const vid = newId();
   const data = await post("/api/verdict", {key, verdict, reason: reason || null, vid});
-  S.busy = false;
-  if (!data) return;
-  S.verdicts[key] = {verdict, reason};
-  window.acked.push({key, verdict, reason: reason || null, vid, seq: data.record.seq});
-  setStatus("saved", `saved #${data.record.seq}`);
-  showProgress(data.progress);
-  await show(nextOpen(S.index + 1));
+  if (data) {
+    S.verdicts[key] = {verdict, reason};
+    window.acked.push({key, verdict, reason: reason || null, vid, seq: data.record.seq});
+    setStatus("saved", `saved #${data.record.seq}`);
+    showProgress(data.progress);
+    await show(nextOpen(S.index + 1));
+  }
+  busy(false);
 }
 
+// Keys are ignored while a verdict is on its way or the next pair loads (body[data-idle] says when not).
+function busy(on) { S.busy = on; document.body.dataset.idle = on ? "0" : "1"; }
+
 async function undo() {
-  S.busy = true; setStatus("saving", "undoing…");
+  busy(true); setStatus("saving", "undoing…");
   const data = await post("/api/undo", {vid: newId()});
-  S.busy = false;
-  if (!data) return;
-  if (!data.record) { setStatus("saved", "nothing to undo"); return; }
-  delete S.verdicts[data.record.key];
-  setStatus("saved", `undone: ${data.record.key.slice(0, 12)}`);
-  showProgress(data.progress);
-  await show(S.keys.indexOf(data.record.key));
+  if (data && !data.record) setStatus("saved", "nothing to undo");
+  else if (data) {
+    delete S.verdicts[data.record.key];
+    setStatus("saved", `undone: ${data.record.key.slice(0, 12)}`);
+    showProgress(data.progress);
+    await show(S.keys.indexOf(data.record.key));
+  }
+  busy(false);
 }
 
 function reasonMode(on) { S.reasonMode = on; $("reasons").classList.toggle("open", on); }
@@ -126,5 +131,6 @@ document.addEventListener("keydown", (e) => {
                                  li.title = `key ${i + 1}`; ol.append(li); });
   showProgress(st.progress);
   await show(st.next);
+  busy(false);
   document.body.dataset.ready = "1";
 })();
