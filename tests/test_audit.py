@@ -245,3 +245,44 @@ def test_audit_on_s3(audit_build, s3_bucket, capsys, monkeypatch):
     assert r["verdicts"] == {"correct": 1, "wrong": 0, "skipped": 0, "records": 3}
     assert audit_main(["--output", out, "sample", "--name", "s3a", "--per-task", "2", *over]) == 1
     assert "already exists" in capsys.readouterr().err
+
+
+def test_card_of_an_audited_version(audit_build, tmp_path, capsys):
+    import yaml
+    from PIL import Image
+
+    from pipelines.cli.card import main as card_main
+
+    out = str(tmp_path / "carded")
+    shutil.copytree(audit_build, out)
+    s = draw_sample(out, "cardaudit", LOCAL, per_task=4, version=2)
+    keys = [i["key"] for i in s["items"]]
+    log = VerdictLog(out, "cardaudit", "alice", keys, LOCAL)
+    for j, k in enumerate(keys):
+        log.give(k, "n" if j % 5 == 0 else "y", "other", vid=str(j))
+    assert card_main(["--output", out, "--version", "9"]) == 1
+    assert "no version 9" in capsys.readouterr().err
+    assert card_main(["--output", out, "--version", "2"]) == 0
+    capsys.readouterr()
+    card = Path(out) / "cards/v000002"
+    text = (card / "README.md").read_text()
+    head = yaml.safe_load(text.split("---\n")[1])
+    m = _manifest(out, 2)
+    samples = [sh for sh in m["shards"] if sh["kind"] == "samples"]
+    assert head["configs"][0]["data_files"][0]["path"] == [sh["path"] for sh in samples]
+    n = sum(sh["rows"] for sh in samples)
+    assert head["size_categories"] == ["n<1K"] and n < 1000
+    assert {"license", "task_categories"} <= head.keys()
+    precision = compute(s, read_verdicts(out, "cardaudit", LOCAL))["overall"]["pooled"]
+    assert f"overall precision {precision['p']:.3f}" in text
+    for name in ("counts", "lengths", "coverage", "reasons", "audit", "overview"):
+        img = Image.open(card / "plots" / f"{name}.png")
+        assert img.format == "PNG" and img.width > 300
+    assert (card / "card.html").read_text().count("data:image/png;base64,") == 5
+    # the YAML configs are what Hugging Face `datasets` reads: the card at the output root loads
+    import datasets
+
+    shutil.copy(card / "README.md", Path(out) / "README.md")
+    for cfg in head["configs"][1:]:
+        ds = datasets.load_dataset(out, cfg["config_name"], split="train", cache_dir=str(tmp_path / "hf"))
+        assert len(ds) == sum(sh["rows"] for sh in samples if sh["task"] == cfg["config_name"])

@@ -57,6 +57,10 @@ class SourceIndex:
             self.error = f"sources unavailable: {type(exc).__name__}: {exc}"
 
     def record(self, source: str, image_id: int) -> dict[str, Any] | None:
+        return self.records(source).get(int(image_id))
+
+    def records(self, source: str) -> dict[int, dict[str, Any]]:
+        """image id -> image record of one source (empty when the source can't be read; see `error`)."""
         if source not in self._records:
             self._records[source] = {}
             spec = self._specs.get(source)
@@ -67,7 +71,11 @@ class SourceIndex:
                     self._records[source] = {int(r["image_id"]): r for r in table.to_pylist()}
                 except Exception as exc:  # noqa: BLE001
                     self.error = f"source {source}: {type(exc).__name__}: {exc}"
-        return self._records[source].get(int(image_id))
+        return self._records[source]
+
+    @property
+    def sources(self) -> list[str]:
+        return sorted(self._specs)
 
 
 # ----------------------------------------------------------------------------------------- cards

@@ -34,21 +34,21 @@ def figure(w: float = 6.0, h: float = 3.4) -> tuple[Figure, Axes]:
 def precision(ax: Axes, per_task: Mapping[str, Mapping[str, Any]],
               title: str = "human precision (Wilson 95 %)") -> None:
     """Per-task precision points with their Wilson intervals as error bars (tasks without verdicts: none)."""
-    tasks = [t for t, d in per_task.items() if d.get("n")]
-    ps = [per_task[t]["p"] for t in tasks]
-    lo = [p - per_task[t]["low"] for t, p in zip(tasks, ps, strict=True)]
-    hi = [per_task[t]["high"] - p for t, p in zip(tasks, ps, strict=True)]
+    tasks = list(per_task)
     for i, t in enumerate(tasks):
-        ax.errorbar([i], [ps[i]], yerr=[[lo[i]], [hi[i]]], fmt="o", capsize=5, color=TASK_COLOURS.get(t, "k"))
-        ax.annotate(f"{ps[i]:.2f}\nn={per_task[t]['n']}", (i, ps[i]), textcoords="offset points", xytext=(10, -8),
-                    fontsize=8)
+        d = per_task[t]
+        if not d.get("n"):
+            ax.annotate("no verdicts", (i, 0.05), ha="center", fontsize=8, color="#888")
+            continue
+        ax.errorbar([i], [d["p"]], yerr=[[d["p"] - d["low"]], [d["high"] - d["p"]]], fmt="o", capsize=5,
+                    color=TASK_COLOURS.get(t, "k"))
+        ax.annotate(f"{d['p']:.2f}\nn={d['n']}", (i, d["p"]), textcoords="offset points", xytext=(8, -10), fontsize=8)
     ax.set_xticks(range(len(tasks)), tasks, rotation=20, ha="right")
-    ax.set_ylim(0, 1.05)
-    ax.set_xlim(-0.5, max(len(tasks), 1) - 0.2)
+    ax.set_ylim(0, 1.08)
+    ax.set_xlim(-0.5, max(len(tasks), 1) - 0.3)
+    ax.set_ylabel("share of pairs judged correct", fontsize=8)
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    if not tasks:
-        ax.text(0.5, 0.5, "no verdicts yet", transform=ax.transAxes, ha="center")
 
 
 def bars(ax: Axes, counts: Mapping[str, float], title: str, top: int = 10, colour: str = "#c0392b") -> None:
@@ -59,6 +59,8 @@ def bars(ax: Axes, counts: Mapping[str, float], title: str, top: int = 10, colou
     ax.tick_params(axis="y", labelsize=8)
     if not items:
         ax.text(0.5, 0.5, "none", transform=ax.transAxes, ha="center")
+        ax.set_xticks([])
+        ax.set_yticks([])
 
 
 def counts_and_yield(ax: Axes, stats: Mapping[str, Mapping[str, Any]], tasks: Sequence[str]) -> None:
@@ -70,11 +72,15 @@ def counts_and_yield(ax: Axes, stats: Mapping[str, Mapping[str, Any]], tasks: Se
                width, label=k, color=c)
     ax.set_xticks(range(len(tasks)), tasks, rotation=20, ha="right")
     ax.set_title("pairs per task (this build's counts) and yield", fontsize=10)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.set_ylim(0, max([1] + [stats.get(t, {}).get(k, 0) for t in tasks for k, _ in kinds]) * 1.3)
     ax2 = ax.twinx()
-    ax2.plot(range(len(tasks)), [stats.get(t, {}).get("yield") or 0 for t in tasks], "k.-", label="yield")
-    ax2.set_ylabel("accepted per teacher call", fontsize=8)
-    ax2.set_ylim(bottom=0)
+    yields = [stats.get(t, {}).get("yield") or 0 for t in tasks]
+    ax2.plot(range(len(tasks)), yields, "k.-", label="yield")
+    ax2.set_ylabel("yield: accepted pairs per teacher call", fontsize=8)
+    ax2.set_ylim(0, max([1.0, *yields]) * 1.3)
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper center", ncol=4)
 
 
 def length_hist(ax: Axes, lengths: Mapping[str, Sequence[int]]) -> None:
