@@ -138,7 +138,7 @@ def card_body(m: Manifest, rows: list[dict[str, Any]], audit: dict | None, image
                   stats.get(t, {}).get("yield", "-")] for t in TASKS]
     parts = [f"# Ground-V on Ray, version {m.version}",
              f"Grounding instruction -> mask pairs in the style of Ground-V (CVPR 2025, arXiv 2505.13788), built "
-             f"by [Ground-V on Ray](docs/quality.md) on {m.created_at} (build {m.build_id}). A teacher "
+             f"by Ground-V on Ray on {m.created_at} (build {m.build_id}). A teacher "
              f"(`{m.teacher.get('backend')}` {m.teacher.get('model') or ''}) wrote instructions whose answer is a set "
              "of annotated objects; the mask is the union of their source masks (COCO RLE). Five tasks: "
              + ", ".join(f"`{t}`" for t in TASKS) + ".",
