@@ -44,9 +44,13 @@ def test_stratified_estimate():
     # two strata: 90/100 on a task of 1000 pairs, 40/50 on a task of 3000 -> 0.25*0.9 + 0.75*0.8 = 0.825
     s = stratified({"a": (90, 100), "b": (40, 50), "c": (0, 0)}, {"a": 1000, "b": 3000, "c": 4000})
     assert math.isclose(s["p"], 0.825)
-    var = 0.25**2 * 0.9 * 0.1 / 100 + 0.75**2 * 0.8 * 0.2 / 50
-    assert math.isclose(s["high"] - s["p"], 1.959963984540054 * math.sqrt(var))
+    # interval: the weighted Wilson bounds of the strata
+    assert math.isclose(s["low"], 0.25 * wilson(90, 100).low + 0.75 * wilson(40, 50).low)
+    assert math.isclose(s["high"], 0.25 * wilson(90, 100).high + 0.75 * wilson(40, 50).high)
     assert math.isclose(s["covered"], 0.5)  # task c has no verdicts: half of the version is covered
+    # all-correct strata don't collapse to [1, 1] (the normal interval did): 4/4 in two tasks
+    s = stratified({"a": (4, 4), "b": (4, 4)}, {"a": 10, "b": 30})
+    assert s["p"] == 1.0 and math.isclose(s["low"], wilson(4, 4).low) and s["low"] < 0.6
 
 
 def test_threshold_for_precision():

@@ -125,7 +125,7 @@ def render_text(r: dict[str, Any]) -> str:
     lines.append(f"{'overall (pooled)':<18} {_ci(r['overall']['pooled'])}")
     if w["p"] is not None:
         lines.append(f"{'overall (by size)':<18} {w['p']:.3f} [{w['low']:.3f}, {w['high']:.3f}] "
-                     f"(tasks weighted by their size; covers {w['covered']:.0%} of the version)")
+                     f"(tasks weighted by their size, conservative interval; covers {w['covered']:.0%} of the version)")
     if r["wrong_reasons"].get("all"):
         lines.append("wrong: " + ", ".join(f"{k} {v}" for k, v in r["wrong_reasons"]["all"].items()))
     if r["false_rejects"]:

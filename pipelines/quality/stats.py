@@ -63,18 +63,21 @@ def cohen_kappa(a: Sequence[object], b: Sequence[object]) -> float | None:
 
 def stratified(strata: Mapping[str, tuple[int, int]], sizes: Mapping[str, int], z: float = Z95) -> dict:
     """Precision of the whole version from per-stratum samples: sum_t w_t * p_t with w_t = N_t / N
-    (N_t = stratum size in the version), and a normal-approximation interval from the stratified
-    variance sum_t w_t^2 p_t (1 - p_t) / n_t. Strata without judged items are left out (and their
-    weight with them: the estimate then covers only the judged strata, which `covered` reports)."""
+    (N_t = stratum size in the version). Interval: sum_t w_t * (each stratum's Wilson bounds). Why not
+    the textbook normal interval p +- z sqrt(sum_t w_t^2 p_t (1 - p_t) / n_t): a stratum judged 100 %
+    correct contributes zero variance, so 4/4 in every task gave [1, 1]. The weighted Wilson bounds
+    are conservative (every stratum at its own bound at once) and never collapse. Strata without
+    judged items are left out with their weight: `covered` is the share of the version estimated."""
     used = {t: kn for t, kn in strata.items() if kn[1] > 0 and sizes.get(t, 0) > 0}
     total = sum(sizes[t] for t in used)
     if not used or total == 0:
         return {"p": None, "low": 0.0, "high": 1.0, "covered": 0.0}
+    bounds = {t: wilson(k, n, z) for t, (k, n) in used.items()}
     p = sum(sizes[t] / total * k / n for t, (k, n) in used.items())
-    var = sum((sizes[t] / total) ** 2 * (k / n) * (1 - k / n) / n for t, (k, n) in used.items())
-    half = z * math.sqrt(var)
+    low = sum(sizes[t] / total * b.low for t, b in bounds.items())
+    high = sum(sizes[t] / total * b.high for t, b in bounds.items())
     covered = total / max(1, sum(sizes.values()))
-    return {"p": p, "low": max(0.0, p - half), "high": min(1.0, p + half), "covered": covered}
+    return {"p": p, "low": low, "high": high, "covered": covered}
 
 
 def threshold_for_precision(scores: Sequence[float], correct: Sequence[bool], target: float) -> dict | None:
