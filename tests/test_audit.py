@@ -218,7 +218,7 @@ def test_garbage_collected_version(audit_build, capsys):
 
 
 @pytest.mark.s3
-def test_audit_on_s3(audit_build, s3_bucket, capsys, monkeypatch):
+def test_audit_on_s3(audit_build, s3_bucket, capsys, tmp_path):
     endpoint, bucket = s3_bucket
     import boto3
 
@@ -245,6 +245,15 @@ def test_audit_on_s3(audit_build, s3_bucket, capsys, monkeypatch):
     assert r["verdicts"] == {"correct": 1, "wrong": 0, "skipped": 0, "records": 3}
     assert audit_main(["--output", out, "sample", "--name", "s3a", "--per-task", "2", *over]) == 1
     assert "already exists" in capsys.readouterr().err
+    from pipelines.cli.card import main as card_main
+
+    conf = tmp_path / "s3.yaml"
+    conf.write_text(f"storage:\n  endpoint_url: {endpoint}\n")
+    assert manifest_main(["--output", out, "--config", str(conf), "show"]) == 0
+    assert "audit s3a: " in capsys.readouterr().out
+    assert card_main(["--output", out, *over]) == 0
+    card = client.get_object(Bucket=bucket, Key="gv/cards/v000002/README.md")["Body"].read().decode()
+    assert card.startswith("---\n") and "configs:" in card
 
 
 def test_card_of_an_audited_version(audit_build, tmp_path, capsys):

@@ -55,7 +55,11 @@ class AuditApp:
         self.keys = [it["key"] for it in self.items]
         self.index = SourceIndex(load_manifest(output, version, store), store)
         self.lock: Lock = acquire_lock(output, name, auditor, store)
-        self.log = VerdictLog(output, name, auditor, self.keys, store)
+        try:
+            self.log = VerdictLog(output, name, auditor, self.keys, store)
+        except BaseException:
+            self.lock.release()
+            raise
         self.refused: str | None = None  # set when this server must stop writing (lock lost)
         self._cache: OrderedDict[int, tuple[Item, bytes]] = OrderedDict()
         self._cache_mutex = threading.Lock()
