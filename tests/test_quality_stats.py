@@ -24,6 +24,11 @@ def test_wilson_matches_hand_computation():
     assert wilson(0, 10, 1.96).low == 0.0 and math.isclose(wilson(0, 10, 1.96).high, 1.96**2 / (10 + 1.96**2))
     assert math.isclose(wilson(10, 10, 1.96).low, 10 / (10 + 1.96**2)) and wilson(10, 10, 1.96).high == 1.0
     assert (wilson(0, 0).low, wilson(0, 0).high, wilson(0, 0).p) == (0.0, 1.0, None)
+    # the interval always contains p: all-correct gives exactly 1 (rounding gave 0.9999999999999999 for
+    # n = 10, 13, 25, ... and matplotlib refused the negative error bar of the report's plot)
+    for n in range(1, 500):
+        assert wilson(n, n).high == 1.0 and wilson(0, n).low == 0.0
+        assert all(w.low <= w.p <= w.high for w in (wilson(k, n) for k in range(0, n + 1, 7)))
     with pytest.raises(ValueError):
         wilson(3, 2)
 

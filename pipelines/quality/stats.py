@@ -40,7 +40,10 @@ def wilson(k: int, n: int, z: float = Z95) -> Interval:
     z2 = z * z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return Interval(k, n, max(0.0, centre - half), min(1.0, centre + half))
+    # k = 0 and k = n: the bound is exactly 0 / 1; rounding would leave it 1e-16 inside, i.e. p outside
+    low = 0.0 if k == 0 else max(0.0, centre - half)
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return Interval(k, n, low, high)
 
 
 def cohen_kappa(a: Sequence[object], b: Sequence[object]) -> float | None:
