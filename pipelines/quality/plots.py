@@ -40,8 +40,8 @@ def precision(ax: Axes, per_task: Mapping[str, Mapping[str, Any]],
         if not d.get("n"):
             ax.annotate("no verdicts", (i, 0.05), ha="center", fontsize=8, color="#888")
             continue
-        ax.errorbar([i], [d["p"]], yerr=[[max(0.0, d["p"] - d["low"])], [max(0.0, d["high"] - d["p"])]], fmt="o", capsize=5,
-                    color=TASK_COLOURS.get(t, "k"))
+        err = [[max(0.0, d["p"] - d["low"])], [max(0.0, d["high"] - d["p"])]]
+        ax.errorbar([i], [d["p"]], yerr=err, fmt="o", capsize=5, color=TASK_COLOURS.get(t, "k"))
         ax.annotate(f"{d['p']:.2f}\nn={d['n']}", (i, d["p"]), textcoords="offset points", xytext=(8, -10), fontsize=8)
     ax.set_xticks(range(len(tasks)), tasks, rotation=20, ha="right")
     ax.set_ylim(0, 1.08)
