@@ -95,3 +95,15 @@ def pytest_collection_modifyitems(config, items):  # noqa: ARG001 - pytest hook 
         heavy = any(item.get_closest_marker(m) for m in HEAVY)
         if module in PURE_MODULES and not heavy:
             item.add_marker(pytest.mark.unit)
+
+@pytest.fixture(scope="session")
+def audit_build(ray_session, sample_dir, tmp_path_factory):
+    """The sample build for the audit tests: v1 default filters, v2 the same units re-checked with
+    strict filters (many pair-level rejects). Returns the output path."""
+    from pipelines.build_groundv import main as build_main
+
+    out = tmp_path_factory.mktemp("audit") / "out"
+    args = [f"data.sample.dir={sample_dir}", f"output.uri={out}"]
+    assert build_main(args) == 0
+    assert build_main([*args, "filters.min_mask_area=1500", "filters.max_answer_chars=40"]) == 0
+    return str(out)

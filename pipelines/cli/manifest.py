@@ -119,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"manifest: no versions under {output}", file=sys.stderr)
         return 1
     if args.cmd == "show":
-        print(show(load_manifest(output, args.version or versions[-1], store)))
+        from pipelines.quality.report import audits_of_version
+
+        m = load_manifest(output, args.version or versions[-1], store)
+        print("\n".join([show(m), *audits_of_version(output, m.version, store)]))
     elif args.cmd == "diff":
         print(diff(output, load_manifest(output, args.v1, store), load_manifest(output, args.v2, store), store))
     else:

@@ -21,42 +21,33 @@ import argparse
 import base64
 import html
 import io
-import os
 import random
 import sys
-from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
-import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 from PIL import Image  # noqa: E402
-from pycocotools import mask as mask_utils  # noqa: E402
 
-from pipelines.build.stages.images import to_rgb  # noqa: E402
 from pipelines.config import ConfigError, load_config  # noqa: E402
-from pipelines.consumers.render import (  # noqa: E402
-    RGB,
-    TASK_COLOURS,
-    Card,
-    SheetLayout,
-    Target,
-    contact_sheet,
-    draw_targets,
-    fit_within,
-    pick_colours,
+from pipelines.consumers.cards import (  # noqa: E402, F401 - re-exported for callers of the preview
+    NO_TARGET,
+    Item,
+    SourceIndex,
+    TargetInfo,
+    build_targets,
+    decode_rle,
+    load_image,
+    reject_item,
+    row_key,
+    sample_item,
 )
-from pipelines.core.object_table import build_object_table, local_to_ann  # noqa: E402
-from pipelines.sources.readers import read_source  # noqa: E402
-from pipelines.sources.resolve import resolve_sources  # noqa: E402
-from pipelines.sources.sample_data import MARKER_NAME  # noqa: E402
+from pipelines.consumers.render import RGB, TASK_COLOURS, Card, SheetLayout, contact_sheet, fit_within  # noqa: E402
 from pipelines.storage import fs as storage  # noqa: E402
 from pipelines.storage.fs import StorageSpec  # noqa: E402
 from pipelines.storage.output import list_versions, load_manifest, output_of  # noqa: E402
 from schemas.columns import KIND_REJECTS, KIND_SAMPLES, TASKS  # noqa: E402
 from schemas.manifest import Manifest  # noqa: E402
 
-NO_TARGET = "no target"
 # Columns the preview needs; a shard is read with these only (masks of rejects don't exist).
 SAMPLE_COLUMNS = ["sample_id", "source", "image_id", "image_uri", "width", "height", "task", "subtype",
                   "instruction", "answer", "target_ids", "mask"]
@@ -81,10 +72,6 @@ def shard_rows(output: str, m: Manifest, kind: str, task: str, want: int, rng: r
     return rows
 
 
-def row_key(row: Mapping[str, Any]) -> str:
-    return str(row["sample_id"]) if "sample_id" in row else f"{row['gen_key']}:{row['pair_index']}"
-
-
 def select_rows(output: str, m: Manifest, kind: str, tasks: Sequence[str], n: int, seed: int,
                 store: StorageSpec) -> list[dict[str, Any]]:
     """`n` rows, deterministic for a seed: shuffled per task, then interleaved task by task."""
@@ -101,163 +88,6 @@ def select_rows(output: str, m: Manifest, kind: str, tasks: Sequence[str], n: in
         out.extend(r[depth] for r in per_task if depth < len(r))
         depth += 1
     return out[:n]
-
-
-# ------------------------------------------------------------------------------- source records
-class SourceIndex:
-    """Image records of the sources named in a manifest's config, read lazily, one source at a time."""
-
-    def __init__(self, m: Manifest, store: StorageSpec) -> None:
-        self.store = store
-        self.error: str | None = None
-        self._specs: dict[str, Any] = {}
-        self._records: dict[str, dict[int, dict[str, Any]]] = {}
-        cfg = OmegaConf.create(m.config)
-        try:
-            if not cfg.data.sources:  # the embedded sample: use it where it is, never generate it here
-                marker = os.path.join(os.path.abspath(cfg.data.sample.dir), MARKER_NAME)
-                if not os.path.exists(marker):
-                    raise FileNotFoundError(f"no sample dataset at {os.path.dirname(marker)}")
-            self._specs = {s.name: s for s in resolve_sources(cfg)}
-        except Exception as exc:  # noqa: BLE001 - a preview must still show the union masks
-            self.error = f"sources unavailable: {type(exc).__name__}: {exc}"
-
-    def record(self, source: str, image_id: int) -> dict[str, Any] | None:
-        if source not in self._records:
-            self._records[source] = {}
-            spec = self._specs.get(source)
-            if spec is not None:
-                try:
-                    table = read_source(spec.name, spec.format, spec.annotations, spec.images,
-                                        self.store.options_for(spec.annotations))
-                    self._records[source] = {int(r["image_id"]): r for r in table.to_pylist()}
-                except Exception as exc:  # noqa: BLE001
-                    self.error = f"source {source}: {type(exc).__name__}: {exc}"
-        return self._records[source].get(int(image_id))
-
-
-# ----------------------------------------------------------------------------------------- cards
-@dataclass
-class TargetInfo:
-    label: str  # "car #2", "handle of mug #7"
-    colour: RGB
-    is_part: bool = False
-
-
-@dataclass
-class Item:
-    """One card: what the HTML page and the contact sheet show."""
-
-    kind: str  # samples | rejects
-    key: str
-    task: str
-    subtype: str
-    instruction: str
-    answer: str
-    source: str
-    image_id: int
-    image: Image.Image | None
-    image_format: str  # PNG | JPEG
-    targets: list[TargetInfo] = field(default_factory=list)
-    reason: str | None = None
-    detail: str | None = None
-    note: str | None = None  # e.g. unknown local ids, union-mask fallback
-
-
-def decode_rle(counts: str, height: int, width: int) -> np.ndarray:
-    return mask_utils.decode({"size": [int(height), int(width)], "counts": counts.encode()}).astype(bool)
-
-
-def load_image(uri: str, store: StorageSpec) -> tuple[Image.Image, str]:
-    """(RGB image, source format) without applying EXIF orientation (masks are in the stored frame)."""
-    img = Image.open(io.BytesIO(storage.read_bytes(uri, store)))
-    fmt = img.format or "JPEG"
-    img.load()
-    return to_rgb(img), fmt
-
-
-def _label(obj: Mapping[str, Any], objects: Mapping[int, Mapping[str, Any]]) -> str:
-    name = str(obj["name"])
-    if obj["is_part"] and obj.get("parent_ann_id") is not None:
-        parent = objects.get(int(obj["parent_ann_id"]))
-        if parent is not None:
-            return f"{name} of {parent['name']} #{parent['ann_id']}"
-    return f"{name} #{obj['ann_id']}"
-
-
-def build_targets(ann_ids: Sequence[int], record: Mapping[str, Any],
-                  image: Image.Image) -> tuple[list[Target], list[TargetInfo]]:
-    """Per-target masks (+ a part's parent mask) from the image record's source annotations, each
-    with a colour that stands out from the target's own pixels."""
-    h, w = int(record["height"]), int(record["width"])
-    objects = {int(o["ann_id"]): o for o in record["objects"]}
-    masks: list[np.ndarray] = []
-    parents: list[np.ndarray | None] = []
-    for a in ann_ids:
-        obj = objects[int(a)]
-        masks.append(decode_rle(obj["rle_counts"], h, w))
-        parent = obj.get("parent_ann_id") if obj["is_part"] else None
-        parents.append(decode_rle(objects[int(parent)]["rle_counts"], h, w)
-                       if parent is not None and int(parent) in objects else None)
-    colours = pick_colours(image, masks, parents)
-    drawn = [Target(m, c, pm) for m, c, pm in zip(masks, colours, parents, strict=True)]
-    infos = [TargetInfo(_label(objects[int(a)], objects), c, bool(objects[int(a)]["is_part"]))
-             for a, c in zip(ann_ids, colours, strict=True)]
-    return drawn, infos
-
-
-def sample_item(row: Mapping[str, Any], index: SourceIndex, store: StorageSpec) -> Item:
-    item = Item(KIND_SAMPLES, row_key(row), row["task"], row["subtype"] or "", row["instruction"] or "",
-                row["answer"] or "", row["source"], int(row["image_id"]), None, "JPEG")
-    try:
-        base, item.image_format = load_image(row["image_uri"], store)
-    except (OSError, ValueError) as exc:
-        item.note = f"image unreadable: {type(exc).__name__}: {exc}"
-        return item
-    ids = [int(a) for a in row["target_ids"] or []]
-    record = index.record(row["source"], row["image_id"]) if ids else None
-    known = {int(o["ann_id"]) for o in record["objects"]} if record is not None else set()
-    if ids and set(ids) <= known:
-        drawn, item.targets = build_targets(ids, record, base)
-    elif ids:  # sources gone or changed: the union mask is still exact, just one colour
-        mk = row["mask"]
-        union = decode_rle(mk["counts"], mk["size"][0], mk["size"][1])
-        colour = pick_colours(base, [union])[0]
-        drawn = [Target(union, colour)]
-        item.targets = [TargetInfo(f"union of {len(ids)} target(s) {ids}", colour)]
-        item.note = index.error or "annotations not found: drawn from the union mask"
-    else:
-        drawn = []
-    item.image = draw_targets(base, drawn)
-    return item
-
-
-def reject_item(row: Mapping[str, Any], index: SourceIndex, store: StorageSpec) -> Item:
-    item = Item(KIND_REJECTS, row_key(row), row["task"], row["subtype"] or "", row["instruction"] or "",
-                row["answer"] or "", row["source"], int(row["image_id"]), None, "JPEG",
-                reason=row["reason"], detail=row["detail"])
-    if int(row["pair_index"]) < 0:
-        raw = (row.get("raw_response") or "").strip()
-        item.instruction = item.instruction or "(whole response rejected)"
-        item.answer = item.answer or (raw[:300] + ("..." if len(raw) > 300 else ""))
-    record = index.record(row["source"], row["image_id"])
-    if record is None:
-        item.note = index.error or "image record not found in the sources"
-        return item
-    try:
-        base, item.image_format = load_image(record["image_uri"], store)
-    except (OSError, ValueError) as exc:
-        item.note = f"image unreadable: {type(exc).__name__}: {exc}"
-        return item
-    to_ann = local_to_ann(build_object_table(record["objects"]))
-    local = [int(x) for x in row["target_local_ids"] or []]
-    known = [to_ann[x] for x in local if x in to_ann]
-    unknown = [x for x in local if x not in to_ann]
-    drawn, item.targets = build_targets(list(dict.fromkeys(known)), record, base)
-    if unknown:
-        item.note = f"unknown local ids: {unknown}"
-    item.image = draw_targets(base, drawn)
-    return item
 
 
 # ----------------------------------------------------------------------------------------- HTML

@@ -1,0 +1,123 @@
+"""Draw an audit sample: a stratified (per task), seeded random sample of one committed version's
+accepted pairs, plus optionally rejected pairs (to estimate what the filters throw away wrongly).
+
+Selection reads only the id columns of the version's shards, picks ids with a seeded RNG per
+(task, kind), then reads the full rows of the picked ids only. Same version + seed + sizes -> the
+same sample. The sample stores everything the review page shows (no shard is read while reviewing)
+and the shard each pair came from (to tell when the version was garbage-collected).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from collections import defaultdict
+from typing import Any
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines.quality.store import AuditError, create_record, sample_uri
+from pipelines.storage import fs as storage
+from pipelines.storage.fs import StorageSpec
+from pipelines.storage.output import list_versions, load_manifest
+from schemas.columns import KIND_REJECTS, KIND_SAMPLES, TASKS
+from schemas.manifest import Manifest
+
+SAMPLE_FORMAT = 1
+KIND_SAMPLE, KIND_REJECT = "sample", "reject"  # item kinds in an audit sample
+VERIFY_COLUMNS = ("verify_verdict", "verify_score")  # optional, written by the verifier when it ran
+SAMPLE_COLUMNS = ["sample_id", "source", "image_id", "image_uri", "width", "height", "task", "subtype",
+                  "instruction", "answer", "target_ids", "mask"]
+REJECT_COLUMNS = ["gen_key", "source", "image_id", "task", "pair_index", "reason", "detail", "subtype",
+                  "instruction", "answer", "target_local_ids"]
+
+
+def resolve_version(output: str, version: int | None, store: StorageSpec) -> Manifest:
+    versions = list_versions(output, store)
+    if not versions:
+        raise AuditError(f"no committed version under {output} (run the build first)")
+    if version is None:
+        version = versions[-1]
+    if version not in versions:
+        raise AuditError(f"no version {version} under {output}; committed versions: {versions}")
+    return load_manifest(output, version, store)
+
+
+def _read(output: str, path: str, columns: list[str], store: StorageSpec, filt: Any = None):
+    fs, p = storage.fs_and_path(storage.join(output, path), store)
+    names = set(pq.read_schema(p, filesystem=fs).names) if filt is not None else set(columns)
+    cols = [c for c in columns if c in names] + [c for c in VERIFY_COLUMNS if c in names and c not in columns]
+    return storage.with_retries(lambda: pq.read_table(p, filesystem=fs, columns=cols, filters=filt), store,
+                                f"read {path}")
+
+
+def _pick(output: str, m: Manifest, kind: str, task: str, n: int, rng: random.Random,
+          store: StorageSpec) -> tuple[list[dict[str, Any]], int]:
+    """(n picked rows with their shard path, the population size) of one (kind, task)."""
+    id_cols = ["sample_id"] if kind == KIND_SAMPLES else ["gen_key", "pair_index"]
+    ids: list[tuple[str, str, int]] = []  # (shard path, id, pair_index)
+    for s in m.shards_of(kind, task):
+        t = _read(output, s.path, id_cols, store)
+        if kind == KIND_SAMPLES:
+            ids.extend((s.path, i, 0) for i in t.column("sample_id").to_pylist())
+        else:  # a whole-response reject (pair_index -1) has no pair a person could judge
+            ids.extend((s.path, g, p) for g, p in zip(t.column("gen_key").to_pylist(),
+                                                       t.column("pair_index").to_pylist(), strict=True) if p >= 0)
+    ids.sort()
+    chosen = rng.sample(ids, min(n, len(ids))) if n > 0 else []
+    by_shard: dict[str, set[tuple[str, int]]] = defaultdict(set)
+    for path, i, p in chosen:
+        by_shard[path].add((i, p))
+    rows: list[dict[str, Any]] = []
+    for path, wanted in sorted(by_shard.items()):
+        key_col = "sample_id" if kind == KIND_SAMPLES else "gen_key"
+        filt = pc.field(key_col).isin(sorted({i for i, _ in wanted}))
+        cols = SAMPLE_COLUMNS if kind == KIND_SAMPLES else REJECT_COLUMNS
+        for r in _read(output, path, cols, store, filt).to_pylist():
+            if (r[key_col], r.get("pair_index", 0)) in wanted:
+                rows.append({**r, "shard": path})
+    return rows, len(ids)
+
+
+def _item(kind: str, r: dict[str, Any]) -> dict[str, Any]:
+    key = r["sample_id"] if kind == KIND_SAMPLE else f"reject:{r['gen_key']}:{r['pair_index']}"
+    item = {"key": key, "kind": kind, **{k: v for k, v in r.items()}}
+    for c in VERIFY_COLUMNS:
+        item.setdefault(c, None)
+    return item
+
+
+def draw_sample(output: str, name: str, store: StorageSpec, per_task: int, version: int | None = None,
+                seed: int = 0, rejects: int = 0) -> dict[str, Any]:
+    """Draw, store (create-once) and return the sample of audit `name`."""
+    if per_task < 0 or rejects < 0 or per_task + rejects == 0:
+        raise AuditError("nothing to draw: --per-task and --rejects must be >= 0, and one of them > 0")
+    m = resolve_version(output, version, store)
+    items: list[dict[str, Any]] = []
+    population: dict[str, dict[str, int]] = {}
+    for task in TASKS:
+        got, n_samples = _pick(output, m, KIND_SAMPLES, task, per_task, random.Random(f"{seed}:{task}:s"), store)
+        items.extend(_item(KIND_SAMPLE, r) for r in got)
+        bad, n_rejects = _pick(output, m, KIND_REJECTS, task, rejects, random.Random(f"{seed}:{task}:r"), store)
+        items.extend(_item(KIND_REJECT, r) for r in bad)
+        population[task] = {KIND_SAMPLE: n_samples, KIND_REJECT: n_rejects}
+    if not items:
+        raise AuditError(f"empty sample: version {m.version} has no accepted pairs"
+                         + (" or pair-level rejects" if rejects else "") + f" (per task {per_task})")
+    items.sort(key=lambda it: it["key"])
+    random.Random(f"{seed}:order").shuffle(items)  # tasks and kinds mixed, so no run of one kind biases people
+    sample = {"format": SAMPLE_FORMAT, "name": name, "version": m.version, "build_id": m.build_id,
+              "seed": seed, "per_task": per_task, "rejects_per_task": rejects,
+              "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+              "population": population, "items": items}
+    if not create_record(sample_uri(output, name), sample, store):
+        raise AuditError(f"audit {name!r} already exists under {output}: pick another --name "
+                         "(a sample is never redrawn, its verdicts refer to it)")
+    return sample
+
+
+def collected_shards(output: str, sample: dict[str, Any], store: StorageSpec) -> list[str]:
+    """Shards of the sample's pairs that are gone from the output (the version was garbage-collected)."""
+    paths = sorted({it["shard"] for it in sample["items"]})
+    return [p for p in paths if not storage.exists(storage.join(output, p), store)]
