@@ -27,4 +27,12 @@ esac
 if [ -f scripts/torchvision_shim.py ] && [ "$profile" != "base" ] && [ "$profile" != "gpu" ]; then
   .venv/bin/python scripts/torchvision_shim.py install
 fi
+if [ "$profile" = "test" ]; then
+  # The `browser` tests drive Debian's chromium + chromium-driver: install them only when missing.
+  if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+    APT="$SUDO env DEBIAN_FRONTEND=noninteractive apt-get -qq -y --no-install-recommends"
+    $APT install chromium chromium-driver >/dev/null || { $SUDO apt-get -qq update && $APT install chromium chromium-driver >/dev/null; }
+  fi
+fi
 echo "setup ($profile) done: $(.venv/bin/python -c 'import ray; print("ray", ray.__version__)')"

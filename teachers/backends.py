@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import pyarrow as pa
 
@@ -75,20 +75,34 @@ class TemplateTeacher(Teacher):
         return stage(TemplateRespond, self.batch_size).apply(ds, self.specs, self.n_pairs)
 
 
+def _template(cfg: Any, specs: dict[str, PromptSpec], store: StorageSpec, batch_size: int) -> Teacher:
+    return TemplateTeacher(specs, cfg.pairs_per_unit, batch_size)
+
+
+def _replay(cfg: Any, specs: dict[str, PromptSpec], store: StorageSpec, batch_size: int) -> Teacher:
+    from teachers.replay import ReplayTeacher
+
+    settings = {"mode": cfg.mode, "box_format": cfg.box_format, "pairs_per_unit": cfg.pairs_per_unit,
+                "max_pixels": cfg.max_pixels}
+    return ReplayTeacher(cfg.responses, store, source=cfg.replay_source, prompt_settings=settings)
+
+
+def _vllm(cfg: Any, specs: dict[str, PromptSpec], store: StorageSpec, batch_size: int) -> Teacher:
+    from teachers.vllm_backend import VllmTeacher  # imports vLLM lazily: only this backend needs it
+
+    return VllmTeacher(cfg, specs)
+
+
+# The backend registry, in the style of ray.data.llm's processor builders: `teacher.backend` names
+# one; each builder reads its typed section of the config (`teacher.vllm` for vllm).
+BACKENDS: dict[str, Callable[[Any, dict[str, PromptSpec], StorageSpec, int], Teacher]] = {
+    "template": _template, "replay": _replay, "vllm": _vllm,
+}
+
+
 def build_teacher(teacher_cfg: Any, specs: dict[str, PromptSpec], store: StorageSpec,
                   batch_size: int = 64) -> Teacher:
-    backend = teacher_cfg.backend
-    if backend == "template":
-        return TemplateTeacher(specs, teacher_cfg.pairs_per_unit, batch_size)
-    if backend == "replay":
-        from teachers.replay import ReplayTeacher
-
-        settings = {"mode": teacher_cfg.mode, "box_format": teacher_cfg.box_format,
-                    "pairs_per_unit": teacher_cfg.pairs_per_unit, "max_pixels": teacher_cfg.max_pixels}
-        return ReplayTeacher(teacher_cfg.responses, store, source=teacher_cfg.replay_source,
-                             prompt_settings=settings)
-    if backend == "vllm":
-        from teachers.vllm_backend import VllmTeacher
-
-        return VllmTeacher(teacher_cfg, specs)
-    raise ValueError(f"teacher.backend: unknown backend {backend!r} (template | vllm | replay)")
+    builder = BACKENDS.get(str(teacher_cfg.backend))
+    if builder is None:
+        raise ValueError(f"teacher.backend: unknown backend {teacher_cfg.backend!r} ({' | '.join(BACKENDS)})")
+    return builder(teacher_cfg, specs, store, batch_size)
