@@ -102,7 +102,7 @@ BACKENDS: dict[str, Callable[[Any, dict[str, PromptSpec], StorageSpec, int], Tea
 
 def build_teacher(teacher_cfg: Any, specs: dict[str, PromptSpec], store: StorageSpec,
                   batch_size: int = 64) -> Teacher:
-    builder = BACKENDS.get(str(teacher_cfg.backend))
+    builder = BACKENDS.get(teacher_cfg.backend)  # StrEnum hashes as its str
     if builder is None:
         raise ValueError(f"teacher.backend: unknown backend {teacher_cfg.backend!r} ({' | '.join(BACKENDS)})")
     return builder(teacher_cfg, specs, store, batch_size)
