@@ -94,11 +94,22 @@ class TeacherConfig:
     mode: str = "vision"  # vision | text (object table only, for text-only LLMs)
     box_format: str = "xyxy"  # xyxy | xyxy_resized | xyxy_1000, see pipelines/core/object_table.py
     max_pixels: int = 1003520  # pixel budget of the image sent to the teacher (resized on CPU)
+    # The vision model's patch grid: the stream resizes once, to multiples of patch_size x
+    # merge_size (28 px Qwen2.5-VL, 32 px Qwen3-VL), so the engine's processor never resizes again.
+    # patch_size 0: no grid (plain aspect-preserving fit to max_pixels).
+    patch_size: int = 14
+    merge_size: int = 2
+    min_pixels: int = 3136  # the processor's lower bound (Qwen-VL: 4 x 28 x 28)
     responses: str | None = None  # replay backend: JSONL of {"gen_key", "response"}
     # replay backend: a name for the external teacher that wrote the responses (part of the keys,
     # so export_prompts.py and the replay build agree on them; name a new batch differently)
     replay_source: str = "external"
     vllm: VllmConfig = field(default_factory=VllmConfig)
+
+
+def grid_factor(teacher: TeacherConfig) -> int:
+    """Side of one visual token in pixels (patch_size x merge_size); 1 when there is no grid."""
+    return teacher.patch_size * teacher.merge_size if teacher.patch_size > 0 else 1
 
 
 @dataclass
@@ -268,6 +279,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("teacher.mode must be 'vision' or 'text'")
     if cfg.teacher.box_format not in ("xyxy", "xyxy_resized", "xyxy_1000"):
         raise ConfigError("teacher.box_format must be xyxy | xyxy_resized | xyxy_1000")
+    if cfg.teacher.patch_size < 0 or cfg.teacher.merge_size < 1:
+        raise ConfigError("teacher.patch_size must be >= 0 (0: no grid) and teacher.merge_size >= 1")
+    if grid_factor(cfg.teacher) ** 2 > cfg.teacher.max_pixels:
+        raise ConfigError("teacher.max_pixels is smaller than one patch_size x merge_size cell")
     if cfg.teacher.backend == TeacherBackend.replay and not cfg.teacher.responses:
         raise ConfigError("teacher.backend=replay needs teacher.responses=FILE.jsonl")
     if cfg.teacher.backend == TeacherBackend.vllm and not cfg.teacher.vllm.model_source:

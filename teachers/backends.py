@@ -83,7 +83,8 @@ def _replay(cfg: Any, specs: dict[str, PromptSpec], store: StorageSpec, batch_si
     from teachers.replay import ReplayTeacher
 
     settings = {"mode": cfg.mode, "box_format": cfg.box_format, "pairs_per_unit": cfg.pairs_per_unit,
-                "max_pixels": cfg.max_pixels}
+                "max_pixels": cfg.max_pixels, "patch_size": cfg.patch_size, "merge_size": cfg.merge_size,
+                "min_pixels": cfg.min_pixels}
     return ReplayTeacher(cfg.responses, store, source=cfg.replay_source, prompt_settings=settings)
 
 

@@ -99,6 +99,9 @@ class VllmTeacher(Teacher):
         self.box_format = teacher_cfg.box_format
         self.n_pairs = teacher_cfg.pairs_per_unit
         self.max_pixels = teacher_cfg.max_pixels
+        # The patch grid the stream resizes to (pipelines.config.grid_factor): changes the pixels.
+        self.grid = {"patch_size": teacher_cfg.patch_size, "merge_size": teacher_cfg.merge_size,
+                     "min_pixels": teacher_cfg.min_pixels}
         self.model_source = v.model_source
         if not self.model_source:
             raise ValueError("teacher.vllm.model_source is empty (hub id, local path or s3:// copy)")
@@ -201,6 +204,7 @@ class VllmTeacher(Teacher):
             "pairs_per_unit": self.n_pairs,
             # The pixel budget changes the image a vision teacher sees; irrelevant in text mode.
             "max_pixels": self.max_pixels if self.needs_image else None,
+            "image_grid": self.grid if self.needs_image else None,
         }
 
     def validate(self) -> None:

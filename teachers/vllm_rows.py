@@ -44,10 +44,44 @@ OUT_SCHEMA = pa.schema(list(UNIT_SCHEMA) + [pa.field(n, t) for n, t in TEACHER_O
 MAX_ERROR_CHARS = 2000  # engine messages can embed the whole prompt
 
 
-def image_data_url(jpeg: bytes) -> str:
-    """The stream's resized JPEG as a data: URL (a plain string: Arrow-friendly between stages,
-    decoded by vLLM's chat parser in the multimodal stage)."""
-    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+def image_data_url(image: bytes) -> str:
+    """The stream's teacher image as a data: URL (a plain string: Arrow-friendly between stages,
+    decoded by vLLM's chat parser in the multimodal stage). The media type follows the bytes: the
+    stream passes an image that needs no resize on as its own PNG / WebP / JPEG bytes."""
+    mime = "image/png" if image[:4] == b"\x89PNG" else "image/webp" if image[8:12] == b"WEBP" else "image/jpeg"
+    return f"data:{mime};base64," + base64.b64encode(image).decode("ascii")
+
+
+def image_uuid(image: bytes) -> str:
+    """Stable multimodal id of the exact bytes the teacher sees. vLLM uses it instead of hashing the
+    decoded pixels, and its processor cache answers every later unit of the same image (up to 5
+    tasks) without running the HF image processor again. A content digest, not the source's
+    identity: two different images can never share it."""
+    return "gv-" + hashlib.blake2b(image, digest_size=16).hexdigest()
+
+
+class _ImagePartCache:
+    """The image part of the last few images, so the ~3.5 units of an image share one base64
+    encoding (units of an image arrive together: they are fanned out side by side)."""
+
+    def __init__(self, size: int = 16) -> None:
+        self.size = size
+        self.parts: dict[str, dict[str, Any]] = {}
+        self.misses = 0
+
+    def part(self, image: bytes) -> dict[str, Any]:
+        uid = image_uuid(image)
+        hit = self.parts.get(uid)
+        if hit is None:
+            self.misses += 1
+            hit = {"type": "image_url", "image_url": {"url": image_data_url(image)}, "uuid": uid}
+            if len(self.parts) >= self.size:
+                self.parts.pop(next(iter(self.parts)))
+            self.parts[uid] = hit
+        return hit
+
+
+IMAGE_PARTS = _ImagePartCache()  # one per worker process; read-only parts, shared by reference
 
 
 def unit_table(row: Mapping[str, Any], box_format: str) -> tuple[str, list[int]]:
@@ -95,11 +129,8 @@ def unit_to_request(
         image = row.get("teacher_image")
         if not image:
             raise ValueError(f"unit {row['gen_key']}: vision teacher but no teacher_image (stream bug)")
-        url = image_data_url(bytes(image))
-        last["content"] = [
-            {"type": "image_url", "image_url": {"url": url}} if part == IMAGE_PART else part
-            for part in last["content"]
-        ]
+        image_part = IMAGE_PARTS.part(bytes(image))
+        last["content"] = [image_part if part == IMAGE_PART else part for part in last["content"]]
     else:
         last["content"] = "\n".join(p["text"] for p in last["content"] if p.get("type") == "text")
     schema = answer_json_schema(row["task"], list(spec.subtypes), local_ids, n_pairs)

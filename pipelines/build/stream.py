@@ -17,7 +17,7 @@ from pipelines.build.plan import Plan, split_for_stream
 from pipelines.build.stages.check import CheckUnits
 from pipelines.build.stages.images import DecodeAndFanOut, ReadImages
 from pipelines.build.stages.shards import ShardWriter
-from pipelines.config import GroundVConfig, StreamConfig
+from pipelines.config import GroundVConfig, StreamConfig, TeacherConfig, grid_factor
 from pipelines.core.resources import Resources, StageSpec, pool_ceiling, stage
 from pipelines.storage.fs import StorageSpec
 from teachers.base import Teacher
@@ -75,10 +75,10 @@ class FusedCpuStage:
     # One core per actor: the chain is CPU-bound Python (decode, templates, pycocotools checks).
     resources = Resources(num_cpus=1)
 
-    def __init__(self, store: StorageSpec, teacher: Teacher, cfg_stream: StreamConfig, max_pixels: int,
+    def __init__(self, store: StorageSpec, teacher: Teacher, cfg_stream: StreamConfig, teacher_cfg: TeacherConfig,
                  filters: Any, output: str, build_id: str) -> None:
         self.read = ReadImages(store)
-        self.decode = DecodeAndFanOut(teacher.needs_image, max_pixels, cfg_stream.max_image_pixels)
+        self.decode = DecodeAndFanOut.for_teacher(teacher.needs_image, teacher_cfg, cfg_stream.max_image_pixels)
         self.teach = teacher.cpu_stage()
         self.check = CheckUnits(filters, teacher.label())
         self.write = ShardWriter(output, store, build_id)
@@ -102,13 +102,13 @@ def build_stream(plan: Plan, teacher: Teacher, cfg: GroundVConfig, store: Storag
     blocks = split_for_stream(plan.work, s.image_batch_size)
     ds = ray.data.from_arrow(blocks)
     if teacher.cpu_stage() is not None and s.fuse_cpu_stages:
-        return fused_spec(s).apply(ds, store, teacher, s, cfg.teacher.max_pixels, cfg.filters, cfg.output.uri,
-                                   build_id)
+        return fused_spec(s).apply(ds, store, teacher, s, cfg.teacher, cfg.filters, cfg.output.uri, build_id)
     ceiling = cpu_ceiling()
     # Read bytes once per image (I/O bound), then decode/resize and fan out to units.
     ds = stage(ReadImages, s.image_batch_size, ceiling=ceiling).apply(ds, store)
     ds = stage(DecodeAndFanOut, s.image_batch_size, ceiling=ceiling).apply(
-        ds, teacher.needs_image, cfg.teacher.max_pixels, s.max_image_pixels)
+        ds, teacher.needs_image, cfg.teacher.max_pixels, s.max_image_pixels, grid_factor(cfg.teacher),
+        cfg.teacher.min_pixels)
     # One branch only (a second branch would re-read every image): units whose image failed pass
     # through the teacher stage untouched, by the Teacher contract (teachers/base.py).
     units = teacher.attach(ds)

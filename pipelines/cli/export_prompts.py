@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 from pipelines.build.stages.images import decode_image, fit_to_budget  # noqa: E402
 from pipelines.build_groundv import BuildContext, plan  # noqa: E402
-from pipelines.config import ConfigError, load_config  # noqa: E402
+from pipelines.config import ConfigError, grid_factor, load_config  # noqa: E402
 from pipelines.core.object_table import build_object_table  # noqa: E402
 from pipelines.storage import fs as storage  # noqa: E402
 from teachers.messages import IMAGE_PART, answer_json_schema, build_messages  # noqa: E402
@@ -36,12 +36,14 @@ def unit_lines(ctx: BuildContext, work_rows: list[dict[str, Any]], inline_images
     t = ctx.cfg.teacher
     with_image = t.mode == "vision"
     for image in work_rows:
-        tw, th = fit_to_budget(image["width"], image["height"], int(t.max_pixels))
+        grid = grid_factor(t)
+        tw, th = fit_to_budget(image["width"], image["height"], int(t.max_pixels), grid, t.min_pixels)
         url = image["image_uri"]
         if with_image and inline_images and not image["image_error"]:
             data = storage.read_bytes(image["image_uri"], ctx.store)
             jpeg, tw, th, err, _ = decode_image(data, image["width"], image["height"],
-                                                ctx.cfg.stream.max_image_pixels, True, int(t.max_pixels))
+                                                ctx.cfg.stream.max_image_pixels, True, int(t.max_pixels), grid,
+                                                t.min_pixels)
             url = image_data_url(jpeg) if jpeg else url
         row = {**image, "teacher_width": tw, "teacher_height": th}
         table_rows = build_object_table(image["objects"] or [])

@@ -123,13 +123,36 @@ def exif_orientation(img: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def fit_to_budget(width: int, height: int, max_pixels: int) -> tuple[int, int]:
-    """Largest (w, h) with the same aspect ratio and w*h <= max_pixels (never upscales)."""
-    if width * height <= max_pixels:
-        return width, height
-    scale = math.sqrt(max_pixels / float(width * height))
-    return max(1, int(width * scale)), max(1, int(height * scale))
+def fit_to_budget(width: int, height: int, max_pixels: int, factor: int = 1, min_pixels: int = 0) -> tuple[int, int]:
+    """The (w, h) the teacher gets: the same aspect ratio within [min_pixels, max_pixels].
 
+    factor 1: the largest size with w*h <= max_pixels (never upscales).
+    factor > 1 (a vision model's patch grid, patch_size x merge_size: 28 px for Qwen2.5-VL, 32 for
+    Qwen3-VL): both sides multiples of `factor`, by exactly the rule of the HF Qwen-VL processors
+    (`smart_resize`), so the engine-side processor finds the image already on its grid and does not
+    resize it a second time. Rounding to the grid may grow a side by < factor/2 px (640x480 ->
+    644x476): the processor would do the same, once more, after us.
+    """
+    if factor <= 1:
+        if width * height <= max_pixels:
+            return width, height
+        scale = math.sqrt(max_pixels / float(width * height))
+        return max(1, int(width * scale)), max(1, int(height * scale))
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return w_bar, h_bar
+
+
+# Formats the engine decodes as they are (vLLM opens them with PIL); anything else is re-encoded.
+PASS_THROUGH_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
 
 _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
@@ -145,12 +168,15 @@ def _magic_format(data: bytes) -> str | None:
 
 
 def decode_image(
-    data: bytes, width: int, height: int, max_image_pixels: int, needs_image: bool, max_pixels: int
+    data: bytes, width: int, height: int, max_image_pixels: int, needs_image: bool, max_pixels: int,
+    factor: int = 1, min_pixels: int = 0,
 ) -> tuple[bytes | None, int, int, str | None, str | None]:
     """Validate + decode one image. Returns (teacher_jpeg, tw, th, error_reason, detail).
 
     Order: empty -> format (header) -> pixel limit (header only, nothing decoded yet) -> full decode
-    -> size against the annotations -> RGB + resize for the teacher.
+    -> size against the annotations -> RGB + ONE resize to the teacher's grid (fit_to_budget) ->
+    ONE encode. An RGB JPEG/PNG/WebP already at that size, without an EXIF rotation, is passed on
+    as its own bytes: no re-encode at all.
 
     EXIF orientation is NOT applied: COCO/LVIS/PACO masks are in the stored pixel frame, so
     rotating the pixels would misalign every mask. The teacher gets the stored pixels (re-encoded
@@ -194,7 +220,10 @@ def decode_image(
         rgb = to_rgb(img)
     except Exception as exc:  # noqa: BLE001
         return None, 0, 0, "unsupported_mode", f"cannot convert mode {img.mode} to RGB: {exc}"[:300]
-    tw, th = fit_to_budget(w, h, max_pixels)
+    tw, th = fit_to_budget(w, h, max_pixels, factor, min_pixels)
+    if (tw, th) == (w, h) and img.mode == "RGB" and img.format in PASS_THROUGH_FORMATS \
+            and exif_orientation(img) == 1:
+        return data, tw, th, None, None  # already what the teacher needs: no second encode
     if (tw, th) != (w, h):
         rgb = rgb.resize((tw, th), Image.Resampling.BICUBIC)
     buf = io.BytesIO()
@@ -208,10 +237,21 @@ class DecodeAndFanOut:
     # CPU bound (JPEG decode + resize): one core each, pool grows to the cluster's ceiling.
     resources = Resources(num_cpus=1)
 
-    def __init__(self, needs_image: bool, max_pixels: int, max_image_pixels: int) -> None:
+    def __init__(self, needs_image: bool, max_pixels: int, max_image_pixels: int, factor: int = 1,
+                 min_pixels: int = 0) -> None:
         self.needs_image = needs_image
         self.max_pixels = max_pixels
         self.max_image_pixels = max_image_pixels
+        self.factor = factor  # the teacher's patch grid (TeacherConfig.grid_factor)
+        self.min_pixels = min_pixels
+
+    @classmethod
+    def for_teacher(cls, needs_image: bool, teacher_cfg: Any, max_image_pixels: int) -> DecodeAndFanOut:
+        """The stage for the `teacher` config section: its pixel budget and patch grid."""
+        from pipelines.config import grid_factor
+
+        return cls(needs_image, teacher_cfg.max_pixels, max_image_pixels, grid_factor(teacher_cfg),
+                   teacher_cfg.min_pixels)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows: list[dict[str, Any]] = []
@@ -225,7 +265,7 @@ class DecodeAndFanOut:
             else:
                 timg, tw, th, err, detail = decode_image(
                     image["image_bytes"], image["width"], image["height"], self.max_image_pixels,
-                    self.needs_image, self.max_pixels,
+                    self.needs_image, self.max_pixels, self.factor, self.min_pixels,
                 )
             rows.extend(fan_out(image, timg, tw, th, err, detail))
         return pa.Table.from_pylist(rows, schema=UNIT_SCHEMA)
