@@ -40,7 +40,8 @@ PARTS = ["handle", "wheel", "leg", "lid", "seat"]
 
 
 # ----------------------------------------------------------------------------- synthetic units
-def synthetic_units(n_units: int, needs_image: bool, max_pixels: int, seed: int = 0) -> list[dict[str, Any]]:
+def synthetic_units(n_units: int, needs_image: bool, max_pixels: int, seed: int = 0, factor: int = 1,
+                    min_pixels: int = 0) -> list[dict[str, Any]]:
     """UNIT_SCHEMA rows: one image per five units (one per task), 3..12 objects, some with parts."""
     from PIL import Image, ImageDraw
 
@@ -63,7 +64,7 @@ def synthetic_units(n_units: int, needs_image: bool, max_pixels: int, seed: int 
                 objects.append(_obj(ann + 500, rng.choice(PARTS), [box[0], box[1], bw / 3, bh / 3], parent=ann))
         jpeg, tw, th = None, None, None
         if needs_image:
-            tw, th = fit_to_budget(w, h, max_pixels)
+            tw, th = fit_to_budget(w, h, max_pixels, factor, min_pixels)
             img = Image.new("RGB", (tw, th), tuple(rng.randint(0, 255) for _ in range(3)))
             draw = ImageDraw.Draw(img)
             for o in objects:
@@ -91,24 +92,32 @@ def _obj(ann: int, name: str, bbox: list[float], parent: int | None = None) -> d
 
 
 # ----------------------------------------------------------------------------- configuration
+# The tiny model on CPU: a small context and answers, a tiny pixel budget; the production code path
+# otherwise, with cpu_only=true as the one placement change. A config layer UNDER the command line:
+# every key=value override wins (the bench used to set batch_size / engine_kwargs after them).
+CPU_TINY_TEACHER = {
+    "backend": "vllm", "max_pixels": 224 * 224,
+    "vllm": {"cpu_only": True, "engine_kwargs": {"max_model_len": 4096, "seed": 0, "enable_prefix_caching": True},
+             "sampling": {"temperature": 0.0, "max_tokens": 256, "seed": 0}},
+}
+
+
 def load_teacher_cfg(args: argparse.Namespace) -> Any:
-    from pipelines.config import load_config, validate
+    from pipelines.config import load_config
 
     if not args.cpu_tiny:
         return load_config([args.config] if args.config else [], list(args.overrides))
-    # The tiny model on CPU: a small context and answers, a tiny pixel budget; the production code
-    # path otherwise, with cpu_only=true as the one placement change.
-    cfg = load_config([], ["teacher.backend=vllm", f"teacher.mode={args.mode}",
-                           f"teacher.vllm.model_source={args.model_dir}", *args.overrides])
-    t = cfg.teacher
-    t.box_format = "xyxy_resized" if args.mode == "vision" else "xyxy"
-    t.max_pixels = 224 * 224
-    t.vllm.cpu_only = True
-    t.vllm.batch_size = 8
-    t.vllm.engine_kwargs = {"max_model_len": 4096, "seed": 0, "enable_prefix_caching": True}
-    t.vllm.sampling = {"temperature": 0.0, "max_tokens": 256, "seed": 0}
-    validate(cfg)
-    return cfg
+    import yaml
+
+    teacher = json.loads(json.dumps(CPU_TINY_TEACHER))
+    teacher.update(mode=args.mode, box_format="xyxy_resized" if args.mode == "vision" else "xyxy")
+    teacher["vllm"]["model_source"] = args.model_dir
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
+        yaml.safe_dump({"teacher": teacher}, fh)
+    try:
+        return load_config([*([args.config] if args.config else []), fh.name], list(args.overrides))
+    finally:
+        os.unlink(fh.name)
 
 
 def requests_for(cfg: Any, units: list[dict[str, Any]]) -> tuple[list[Any], list[dict[str, Any]]]:
@@ -227,9 +236,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def child(args: argparse.Namespace) -> None:
+    from pipelines.config import grid_factor
+
     cfg = load_teacher_cfg(args)
-    units = synthetic_units(args.units, cfg.teacher.mode == "vision", cfg.teacher.max_pixels)
+    t = cfg.teacher
+    units = synthetic_units(args.units, t.mode == "vision", t.max_pixels, factor=grid_factor(t),
+                            min_pixels=t.min_pixels)
     result = (run_bare if args.only == "bare" else run_ray)(cfg, units)
+    (teacher,), _ = requests_for(cfg, units[:1])
+    # what actually ran: proves the command-line overrides reached the engine and the processor
+    result["settings"] = {"batch_size": teacher.batch_size, "max_concurrent_batches": teacher.concurrent_batches(),
+                          "engines": [teacher.min_engines, teacher.max_engines],
+                          "max_num_seqs": teacher.engine_kwargs.get("max_num_seqs"),
+                          "max_num_batched_tokens": teacher.engine_kwargs.get("max_num_batched_tokens")}
     print("RESULT " + json.dumps(result), flush=True)
     os._exit(0)  # skip engine / Ray teardown: the parent only needs the line above
 
@@ -284,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as fh:
         json.dump(summary, fh, indent=2)
+    print(f"settings  ray {ray_res['settings']}")
     print(f"output tok/s steady  bare {bare['output_tok_per_s']}  ray {ray_res['output_tok_per_s']}  "
           f"ratio {summary['ray_over_bare_output_tok_per_s']}")
     print(f"output tok/s wall    bare {bare['output_tok_per_s_wall']}  ray {ray_res['output_tok_per_s_wall']}  "

@@ -152,7 +152,7 @@ def build_stats(first: Plan, progress: Progress, shards, wall_s: float, cfg) -> 
         tasks[t] = {
             "planned": tp.planned, "reused": tp.reused, "generated": tp.generate, "dropped": tp.dropped,
             "not_applicable": tp.not_applicable, "refiltered": tp.refilter,
-            "teacher_calls": s.get("teacher_calls", 0),
+            "teacher_calls": s.get("teacher_calls", 0), "requests_saved": s.get("requests_saved", 0),
             "accepted": s.get("accepted", 0), "rejected": s.get("rejected", 0), "errors": s.get("errors", 0),
             "units_accepted": s.get("units_accepted", 0), "units_rejected": s.get("units_rejected", 0),
             "prompt_tokens": s.get("prompt_tokens", 0), "output_tokens": s.get("output_tokens", 0),
@@ -163,7 +163,7 @@ def build_stats(first: Plan, progress: Progress, shards, wall_s: float, cfg) -> 
     tot = totals(per)
     keys = ("planned", "reused", "generated", "refiltered", "dropped", "not_applicable", "rows_in_dataset")
     total_row = {**{k: sum(v[k] for v in tasks.values()) for k in keys},
-                 **{k: tot[k] for k in ("teacher_calls", "accepted", "rejected", "errors",
+                 **{k: tot[k] for k in ("teacher_calls", "requests_saved", "accepted", "rejected", "errors",
                                         "prompt_tokens", "output_tokens")}}
     for t in tasks.values():  # accepted pairs per teacher call: what a GPU-hour buys
         t["yield"] = round(t["accepted"] / t["teacher_calls"], 3) if t["teacher_calls"] else None
@@ -176,7 +176,8 @@ def build_stats(first: Plan, progress: Progress, shards, wall_s: float, cfg) -> 
         "cost_per_1000_accepted_usd": round(1000 * cost / tot["accepted"], 4) if cost and tot["accepted"] else None,
         "images": first.images_total, "images_excluded": first.images_excluded,
         "units_planned": first.units_total, "units_reused": sum(t.reused for t in first.tasks.values()),
-        "teacher_calls": tot["teacher_calls"], "prompt_tokens": tot["prompt_tokens"],
+        "teacher_calls": tot["teacher_calls"], "requests_saved": tot["requests_saved"],
+        "prompt_tokens": tot["prompt_tokens"],
         "output_tokens": tot["output_tokens"], "rejected_by_reason": tot["rejected_by_reason"],
         "errors_by_reason": tot["errors_by_reason"], "wall_s": round(wall_s, 3),
         "tasks": tasks, "totals": total_row,

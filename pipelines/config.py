@@ -78,7 +78,10 @@ class VllmConfig:
     accelerator_type: str | None = None  # e.g. "A10G", "L4", "H100"
     min_engines: int = 1
     max_engines: int = 1
-    batch_size: int = 16
+    batch_size: int = 32  # rows per engine task (docs/teachers.md: chosen from bench/teacher_throughput.py)
+    # engine tasks in flight per engine; None: enough that batch_size x this >= 1.5 x max_num_seqs,
+    # so the engine's scheduler always has a full queue (Ray's default, 8, starved it at small batches)
+    max_concurrent_batches: int | None = None
     gpus_per_engine: int = 1
     engine_kwargs: Dict[str, Any] = field(default_factory=dict)
     sampling: Dict[str, Any] = field(default_factory=lambda: {"temperature": 0.7, "max_tokens": 1024})

@@ -118,8 +118,24 @@ UNIT_FIELDS: list[tuple[str, pa.DataType]] = [
     # set when reading / decoding / validating failed: the unit goes to errors, never to the teacher
     ("unit_error", pa.string()),
     ("unit_error_detail", pa.string()),
+    # teachers/requests.py: the key of the request the teacher sees for this unit (image content +
+    # object table + task prompt + teacher); null until a teacher that de-duplicates computes it
+    ("request_key", pa.string()),
+    # the unit whose request (and answer) this unit shares, null for a unit sent to the teacher
+    ("shares_answer_of", pa.string()),
 ]
 UNIT_SCHEMA = pa.schema(UNIT_FIELDS)
+
+# Units with the same request as a unit sent to the teacher ride on its row through the engine
+# (teachers/requests.collapse_requests) and get its answer after it (expand_followers); the image
+# part of the row is theirs too (same content), so it is not repeated here.
+FOLLOWER_FIELDS: list[tuple[str, pa.DataType]] = [
+    (n, t) for n, t in UNIT_FIELDS
+    if n not in ("teacher_image", "teacher_width", "teacher_height", "unit_error", "unit_error_detail",
+                 "request_key", "shares_answer_of")
+]
+FOLLOWERS_COLUMN = "followers"
+FOLLOWERS_TYPE = pa.list_(pa.struct(FOLLOWER_FIELDS))
 
 # --- what a teacher adds to each unit ----------------------------------------------------------
 TEACHER_OUT_FIELDS: list[tuple[str, pa.DataType]] = [
@@ -212,6 +228,9 @@ RAW_SCHEMA = pa.schema(
         *TEACHER_OUT_FIELDS,
         ("teacher", pa.string()),
         ("filter_version", pa.string()),
+        # gen_key of the unit whose identical request was sent to the teacher, when this unit
+        # shared its answer instead of a call of its own (counted as requests_saved)
+        ("shares_answer_of", pa.string()),
     ]
 )
 

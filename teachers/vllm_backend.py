@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import os
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -23,7 +24,8 @@ from pipelines.core.secrets import is_secret_key
 from teachers.base import PROMPT_CODE_VERSION, Teacher
 from teachers.messages import MESSAGES_VERSION
 from teachers.prompts import PromptSpec
-from teachers.vllm_rows import REQUEST_VERSION, normalise_table, postprocess_row, unit_to_request
+from teachers.requests import collapse_requests
+from teachers.vllm_rows import REQUEST_VERSION, normalise_table, postprocess_row, unit_request_key, unit_to_request
 
 if TYPE_CHECKING:  # pragma: no cover
     import ray.data
@@ -32,6 +34,16 @@ if TYPE_CHECKING:  # pragma: no cover
 ANSWER_SCHEMA_VERSION = "answer-schema-1"
 
 DEFAULT_MAX_TOKENS = 1024  # vLLM's own default (16) would truncate every answer
+
+# Scheduler limits set explicitly: Ray's engine stage builds an AsyncLLMEngine with
+# UsageContext.ENGINE_CONTEXT, for which vLLM 0.29 has no tuned defaults and falls back to
+# max_num_seqs=128 / max_num_batched_tokens=2048 -- half the sequences and a quarter to half the
+# prefill budget that the same engine gets under `vllm.LLM` (256 / 8192 on GPU, 256 / 4096 on CPU).
+DEFAULT_MAX_NUM_SEQS = 256
+DEFAULT_MAX_NUM_BATCHED_TOKENS = {"gpu": 8192, "cpu": 4096}
+# Requests kept in flight per engine, as a multiple of max_num_seqs: batches finish one by one,
+# and the queue must stay full while the next one is being prepared.
+IN_FLIGHT_FACTOR = 1.5
 
 # Engine-wide structured-output settings: xgrammar, and no free whitespace between JSON tokens
 # (per-request `disable_any_whitespace` is ignored in vLLM 0.29 and whitespace can eat max_tokens).
@@ -110,6 +122,7 @@ class VllmTeacher(Teacher):
         self.min_engines = v.min_engines
         self.max_engines = v.max_engines
         self.batch_size = v.batch_size
+        self.max_concurrent_batches = v.max_concurrent_batches
         self.gpus_per_engine = v.gpus_per_engine
         self.cpu_only = v.cpu_only
         self.runtime_env = _plain(v.runtime_env) or None
@@ -133,6 +146,8 @@ class VllmTeacher(Teacher):
             if self.gpus_per_engine % pp:
                 raise ValueError("teacher.vllm: gpus_per_engine must be a multiple of pipeline_parallel_size")
             kw["tensor_parallel_size"] = self.gpus_per_engine // pp
+        kw.setdefault("max_num_seqs", DEFAULT_MAX_NUM_SEQS)
+        kw.setdefault("max_num_batched_tokens", DEFAULT_MAX_NUM_BATCHED_TOKENS["cpu" if self.cpu_only else "gpu"])
         so = dict(DEFAULT_STRUCTURED_OUTPUTS)
         so.update(kw.get("structured_outputs_config") or {})
         kw["structured_outputs_config"] = so
@@ -177,6 +192,7 @@ class VllmTeacher(Teacher):
             model_source=self.model_source,
             engine_kwargs=copy.deepcopy(self.engine_kwargs),  # Ray's stage setdefaults into it
             batch_size=self.batch_size,
+            max_concurrent_batches=self.concurrent_batches(),
             concurrency=(self.min_engines, self.max_engines),
             runtime_env=copy.deepcopy(self.runtime_env),
             should_continue_on_error=True,
@@ -184,6 +200,14 @@ class VllmTeacher(Teacher):
             detokenize_stage=False,
             **extra,
         )
+
+    def concurrent_batches(self) -> int:
+        """Engine tasks in flight per engine actor (Ray's `max_concurrent_batches`): configured, or
+        enough batches to keep IN_FLIGHT_FACTOR x max_num_seqs requests queued at the engine."""
+        if self.max_concurrent_batches:
+            return int(self.max_concurrent_batches)
+        seqs = int(self.engine_kwargs.get("max_num_seqs", DEFAULT_MAX_NUM_SEQS))
+        return max(2, math.ceil(IN_FLIGHT_FACTOR * seqs / max(1, self.batch_size)))
 
     # ----------------------------------------------------------------------------- contract
     def identity(self) -> dict[str, Any]:
@@ -222,6 +246,14 @@ class VllmTeacher(Teacher):
             n_pairs=self.n_pairs, sampling=self.sampling,
         )
 
+    def request_key_fn(self) -> Any:
+        """unit row -> its request key (teachers/requests.py), as this teacher renders the unit."""
+        return functools.partial(unit_request_key, box_format=self.box_format, with_image=self.needs_image)
+
+    def collapse_fn(self) -> Any:
+        """Batch stage before the engine: one row per distinct request (units keep their rows)."""
+        return functools.partial(collapse_requests, key_of=self.request_key_fn())
+
     def attach(self, ds: ray.data.Dataset) -> ray.data.Dataset:
         from ray.data.llm import build_processor
 
@@ -231,6 +263,8 @@ class VllmTeacher(Teacher):
             preprocess=self.preprocess_fn(),
             postprocess=functools.partial(postprocess_row, max_tokens=max_tokens),
         )
+        # Identical requests (e.g. the COCO and LVIS records of one image) go to the engine once.
+        ds = ds.map_batches(self.collapse_fn(), batch_format="pyarrow", batch_size=None)
         out = processor(ds)
         # Failed rows skipped the postprocess: give every row the same columns and exact types.
         return out.map_batches(

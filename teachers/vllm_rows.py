@@ -25,13 +25,14 @@ from typing import Any, Mapping
 import pyarrow as pa
 
 from pipelines.core.object_table import build_object_table, render_object_table, table_entries
-from schemas.columns import TEACHER_OUT_FIELDS, UNIT_FIELDS, UNIT_SCHEMA
+from schemas.columns import FOLLOWERS_COLUMN, TEACHER_OUT_FIELDS, UNIT_FIELDS, UNIT_SCHEMA
 from teachers.messages import IMAGE_PART, answer_json_schema, build_messages
 from teachers.prompts import PromptSpec
+from teachers.requests import expand_followers, request_key
 
 # Bump when the request built here changes in a way that changes answers (image placement, text
 # flattening, schema wiring, per-unit seeds). Part of the teacher identity.
-REQUEST_VERSION = "vllm-request-1"
+REQUEST_VERSION = "vllm-request-2"  # 2: seeds from the request key; one request per request key
 
 ERROR_COLUMN = "__inference_error__"  # Ray's per-row engine error column
 # Units that failed before the teacher carry this in ERROR_COLUMN so every stage skips them.
@@ -94,11 +95,19 @@ def unit_table(row: Mapping[str, Any], box_format: str) -> tuple[str, list[int]]
     return render_object_table(entries), [r.local_id for r in rows]
 
 
-def unit_seed(base_seed: int, gen_key: str) -> int:
-    """Per-unit sampling seed: reproducible for a unit whatever batch it lands in, different
-    between units (one shared seed would correlate the samples of units with similar prompts)."""
-    digest = hashlib.sha256(f"{base_seed}:{gen_key}".encode()).digest()
+def unit_seed(base_seed: int, key: str) -> int:
+    """Per-request sampling seed: reproducible whatever batch the request lands in, different
+    between requests (one shared seed would correlate the samples of similar prompts). Drawn from
+    the request key, so the units sharing one request get the answer any of them would have got."""
+    digest = hashlib.sha256(f"{base_seed}:{key}".encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def unit_request_key(row: Mapping[str, Any], box_format: str, with_image: bool) -> str:
+    """teachers.requests.request_key of one unit row, from what this teacher renders for it."""
+    table_text, local_ids = unit_table(row, box_format)
+    image = image_uuid(bytes(row["teacher_image"])) if with_image and row.get("teacher_image") else None
+    return request_key(image, table_text, local_ids, row["task"], row["prompt_hash"], row["teacher_hash"])
 
 
 def unit_to_request(
@@ -117,7 +126,7 @@ def unit_to_request(
     The JSON schema goes in as a string: Ray moves rows between stages as Arrow, and unifying the
     structs of differently-shaped schemas across rows would add null keys to them.
     """
-    params = _sampling_params(sampling, row["gen_key"])
+    params = _sampling_params(sampling, row.get("request_key") or row["gen_key"])
     if row.get("unit_error"):
         return _skip_request(params)
     spec = specs[row["task"]]
@@ -140,14 +149,14 @@ def unit_to_request(
     return {"messages": messages, "sampling_params": params, ERROR_COLUMN: ""}
 
 
-def _sampling_params(sampling: Mapping[str, Any], gen_key: str) -> dict[str, Any]:
+def _sampling_params(sampling: Mapping[str, Any], key: str) -> dict[str, Any]:
     """The row's SamplingParams kwargs. Every row of a batch must carry the same keys with the
     same types: Ray converts the batch to Arrow/numpy between stages, and a key missing in one row
     turns an int column into float64 with NaN -- vLLM's engine core then dies on
     ``seed: expected int, got float`` and the job hangs."""
     params = dict(sampling)
     if params.get("seed") is not None:
-        params["seed"] = unit_seed(int(params["seed"]), gen_key)
+        params["seed"] = unit_seed(int(params["seed"]), key)
     return params
 
 
@@ -186,8 +195,10 @@ def engine_error_text(message: str) -> str:
 
 
 def normalise_output(row: Mapping[str, Any], max_tokens: int | None) -> dict[str, Any]:
-    """Any row leaving the processor -> its UNIT columns + TEACHER_OUT columns."""
+    """Any row leaving the processor -> its UNIT columns + TEACHER_OUT columns (+ the followers
+    riding on it, expanded by normalise_table)."""
     out = {name: row.get(name) for name in UNIT_NAMES}
+    out[FOLLOWERS_COLUMN] = _plain_followers(row.get(FOLLOWERS_COLUMN))
     err = row.get(ERROR_COLUMN) or ""
     if err == SKIP_MARKER:  # failed upstream: no teacher output at all (Teacher contract)
         out.update({name: None for name in TEACHER_NAMES})
@@ -221,16 +232,23 @@ def postprocess_row(row: dict[str, Any], max_tokens: int | None) -> dict[str, An
 
 def normalise_table(table: pa.Table, max_tokens: int | None) -> pa.Table:
     """Final batch stage: both row shapes -> exactly OUT_SCHEMA (UNIT columns + TEACHER_OUT)."""
-    keep = [c for c in (*UNIT_NAMES, *TEACHER_NAMES, ERROR_COLUMN, "num_input_tokens", "generated_text",
-                        "num_generated_tokens") if c in table.column_names]
+    keep = [c for c in (*UNIT_NAMES, *TEACHER_NAMES, FOLLOWERS_COLUMN, ERROR_COLUMN, "num_input_tokens",
+                        "generated_text", "num_generated_tokens") if c in table.column_names]
     rows = table.select(keep).to_pylist()
     out = []
     for r in rows:
         if r.get(ERROR_COLUMN):  # a failed / skipped row: still the raw __data dict
             out.append(normalise_output(r, max_tokens))
         else:  # already normalised by postprocess_row
-            out.append({name: r.get(name) for name in (*UNIT_NAMES, *TEACHER_NAMES)})
-    return pa.Table.from_pylist(out, schema=OUT_SCHEMA)
+            out.append({name: r.get(name) for name in (*UNIT_NAMES, *TEACHER_NAMES, FOLLOWERS_COLUMN)})
+    return pa.Table.from_pylist(expand_followers(out, TEACHER_NAMES), schema=OUT_SCHEMA)
+
+
+def _plain_followers(value: Any) -> list[dict[str, Any]]:
+    """Followers as plain dicts (Ray may hand nested columns over as numpy arrays)."""
+    if value is None:
+        return []
+    return [dict(f) for f in list(value)]
 
 
 def _positive(v: Any) -> int | None:

@@ -66,7 +66,8 @@ def jpeg(color: str, size: tuple[int, int] = (64, 48)) -> bytes:
 def unit(i: int, task: str, image: bytes | None = None, objects: list[dict[str, Any]] | None = None,
          size: tuple[int, int] = (128, 96), tsize: tuple[int, int] = (64, 48)) -> dict[str, Any]:
     if objects is None:
-        objects = [obj(900 + i, "mug", [80, 20, 30, 30]), obj(100 + i, "dog", [2, 4, 60, 80]),
+        # the mug moves with i: each unit's table (and so its request) is its own
+        objects = [obj(900 + i, "mug", [80 + i % 8, 20, 30, 30]), obj(100 + i, "dog", [2, 4, 60, 80]),
                    obj(500 + i, "cat", [70, 50, 40, 40])]
         if task == "part":
             objects.append(obj(950 + i, "handle", [104, 30, 6, 12], part_of=900 + i))
@@ -287,6 +288,8 @@ def text_units():
     # ~400 objects: the prompt is far over max_model_len=4096 -> must become a teacher_error row
     rows.append(unit(21, "multi_object", objects=[obj(5000 + j, "dog", [j % 100, j % 80, 5, 5])
                                                    for j in range(400)]))
+    # Another record (LVIS) of unit 2's image with the same object table: the same request.
+    rows.append(dict(unit(22, "reasoning", objects=unit(2, "reasoning")["objects"]), source="lvis"))
     return rows
 
 
@@ -316,7 +319,7 @@ def test_every_unit_gets_valid_json_or_error(text_run, text_units):
             answered += 1
         else:
             assert r["response"] is None and r["finish_reason"] == "error"
-    assert answered == 10
+    assert answered == 11
 
 
 def test_token_counts_recorded(text_run, text_units):
@@ -340,9 +343,25 @@ def test_failed_unit_passes_through_untouched(text_run):
 
 def test_all_unit_columns_preserved(text_run, text_units):
     expected = pa.Table.from_pylist(text_units, schema=UNIT_SCHEMA).to_pylist()
+    set_here = ("request_key", "shares_answer_of")  # the teacher stage's own columns
     for u in expected:
         r = text_run[u["gen_key"]]
-        assert {k: r[k] for k in UNIT_NAMES} == u
+        assert {k: r[k] for k in UNIT_NAMES if k not in set_here} == {k: v for k, v in u.items() if k not in set_here}
+        assert (r["request_key"] is None) == (u["unit_error"] is not None)
+
+
+def test_identical_request_sent_once_answer_shared(text_run):
+    """key-022 (an LVIS record of key-002's image, same object table, same task) is no second
+    request: it gets key-002's answer and costs no tokens. Fails on the old stream (two calls,
+    two per-gen_key seeds, and no shares_answer_of column)."""
+    lead, dup = text_run["key-002"], text_run["key-022"]
+    assert dup["request_key"] == lead["request_key"] is not None
+    assert dup["shares_answer_of"] == "key-002" and lead["shares_answer_of"] is None
+    assert dup["response"] == lead["response"] and dup["finish_reason"] == lead["finish_reason"]
+    assert dup["output_tokens"] is None and lead["output_tokens"] > 0
+    assert dup["source"] == "lvis" and dup["image_id"] == 1022  # still its own unit row
+    others = [r["request_key"] for k, r in text_run.items() if k not in ("key-022",) and r["request_key"]]
+    assert len(others) == len(set(others))  # every other unit is a request of its own
 
 
 def test_same_answers_on_rerun(text_run, text_model, text_units, specs):

@@ -244,6 +244,26 @@ def _why(prev: Mapping[str, Any] | None, key: str, ident: str, ann: str, prompt:
 
 
 def split_for_stream(work: pa.Table, rows_per_block: int) -> list[pa.Table]:
-    """Blocks for Ray Data: one table per `rows_per_block` images so read tasks run in parallel."""
+    """Blocks for Ray Data: ~`rows_per_block` images each, so read tasks run in parallel.
+
+    All records of one image (same image identity: e.g. its COCO and its LVIS record) go into the
+    same block, next to each other: the teacher sends identical requests once per block
+    (teachers/requests.py), so duplicates split over two blocks would be paid twice.
+    """
     n = max(1, rows_per_block)
-    return [work.slice(i, n) for i in range(0, work.num_rows, n)] or [work]
+    if work.num_rows == 0:
+        return [work]
+    idents = [units[0]["image_identity"] if units else None
+              for units in work.column("units").to_pylist()]
+    groups: dict[Any, list[int]] = {}
+    for i, ident in enumerate(idents):
+        groups.setdefault(ident if ident not in (None, "missing") else ("row", i), []).append(i)
+    blocks: list[pa.Table] = []
+    current: list[int] = []
+    for rows in groups.values():
+        if current and len(current) + len(rows) > n:
+            blocks.append(work.take(current))
+            current = []
+        current.extend(rows)
+    blocks.append(work.take(current))
+    return blocks

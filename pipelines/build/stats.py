@@ -8,7 +8,7 @@ from typing import Any, Iterable, Mapping
 from schemas.columns import OUTCOME_ACCEPTED, OUTCOME_ERROR, OUTCOME_REJECTED
 
 COUNTERS = ("units", "teacher_calls", "refiltered", "accepted", "rejected", "errors", "units_accepted",
-            "units_rejected", "prompt_tokens", "output_tokens")
+            "units_rejected", "prompt_tokens", "output_tokens", "requests_saved")
 
 
 def empty_task_stats() -> dict[str, Any]:
@@ -31,7 +31,9 @@ def batch_stats(
         s["units"] += 1
         # A call = a response, or a failed engine request; a replay unit with no answer is no call.
         err = r["teacher_error"]
-        if r["response"] is not None or (err is not None and not err.startswith("no_response")):
+        if r.get("shares_answer_of"):  # the answer of an identical request: no call of its own
+            s["requests_saved"] += 1
+        elif r["response"] is not None or (err is not None and not err.startswith("no_response")):
             s["teacher_calls"] += 1
         s["accepted"] += r["n_accepted"] or 0
         s["units_accepted"] += r["outcome"] == OUTCOME_ACCEPTED

@@ -110,6 +110,7 @@ def check_one(
         "response": unit.get("response"), "finish_reason": unit.get("finish_reason"),
         "teacher_error": unit.get("teacher_error"), "prompt_tokens": unit.get("prompt_tokens"),
         "output_tokens": unit.get("output_tokens"), "teacher": teacher, "filter_version": fversion,
+        "shares_answer_of": unit.get("shares_answer_of"),
     }
     return {"gen_key": unit["gen_key"], "task": unit["task"], "outcome": outcome, "samples": samples,
             "rejects": rejects, "errors": errors, "raw": [raw]}
