@@ -36,11 +36,32 @@ def regular_plural(word: str) -> str:
     return word + "s"
 
 
+def _memo(fn: Any) -> Any:
+    """Per-instance memo of a name lookup: the table never changes after loading, and the template
+    teacher and the filters ask the same few hundred names over and over (teacher CPU -26 %,
+    bench/pipeline.py). Sets and lists are copied out, so a caller can never edit the memo."""
+    name = fn.__name__
+
+    def wrapper(self: Knowledge, *args: Any) -> Any:
+        key = (name, *args)
+        try:
+            value = self._memo[key]
+        except KeyError:
+            value = self._memo[key] = fn(self, *args)
+        except TypeError:  # an unhashable argument: no memo
+            return fn(self, *args)
+        return value.copy() if isinstance(value, (set, list, dict)) else value
+
+    wrapper.__name__, wrapper.__doc__ = name, fn.__doc__
+    return wrapper
+
+
 class Knowledge:
     """Indexed view of knowledge.yaml. Construct with :func:`load_knowledge`."""
 
     def __init__(self, data: dict[str, Any], path: str = "") -> None:
         self.path = path
+        self._memo: dict[tuple[Any, ...], Any] = {}
         self.version = data.get("version")
         self._aliases = {normalize(k): normalize(v) for k, v in (data.get("aliases") or {}).items()}
         self._groups: dict[str, dict[str, Any]] = {
@@ -69,6 +90,7 @@ class Knowledge:
                 raise ValueError(f"{self.path}: alias {alias!r} -> unknown category {target!r}")
 
     # ------------------------------------------------------------------ names
+    @_memo
     def canonical(self, name: str) -> str:
         """The knowledge-table key for a raw or clean name (itself when unknown)."""
         n = normalize(name)
@@ -81,6 +103,7 @@ class Knowledge:
             return stripped
         return self._aliases.get(stripped, stripped)
 
+    @_memo
     def known(self, name: str) -> bool:
         return self.canonical(name) in self._cats
 
@@ -91,6 +114,7 @@ class Knowledge:
     def _entry(self, name: str) -> dict[str, Any]:
         return self._cats.get(self.canonical(name), {})
 
+    @_memo
     def plural(self, name: str) -> str:
         """Plural of the name as given ("microwave oven" -> "microwave ovens", "mouse" -> "mice")."""
         # Not via canonical(): an alias ("table" -> "dining table") must keep its own words.
@@ -103,13 +127,16 @@ class Knowledge:
                 return str(self._groups[key]["plural"])
         return regular_plural(stripped)
 
+    @_memo
     def display(self, name: str) -> str:
         """Name as written in a sentence: normalised, LVIS disambiguation in parentheses dropped."""
         return normalize(_PAREN.sub("", normalize(name))) or normalize(name)
 
+    @_memo
     def synonyms(self, name: str) -> list[str]:
         return [normalize(s) for s in self._entry(name).get("synonyms") or []]
 
+    @_memo
     def names_for(self, name: str) -> set[str]:
         """Every word that names the category itself: name, plural, synonyms and their plurals."""
         c = self.canonical(name)
@@ -119,6 +146,7 @@ class Knowledge:
         return out
 
     # -------------------------------------------------------------- hierarchy
+    @_memo
     def ancestors(self, name: str) -> list[str]:
         """Group words above the category, most specific first (dog -> ["pet", "animal"])."""
         start = [normalize(g) for g in self._entry(name).get("is_a") or []]
@@ -136,20 +164,24 @@ class Knowledge:
             queue.extend(normalize(p) for p in self._groups.get(g, {}).get("parents") or [])
         return out
 
+    @_memo
     def group_plural(self, group: str) -> str:
         g = normalize(group)
         return str(self._groups.get(g, {}).get("plural") or regular_plural(g))
 
+    @_memo
     def group_noun(self, group: str) -> str:
         """Countable singular for one member ("piece of furniture"; "animal" for "animal")."""
         g = normalize(group)
         return str(self._groups.get(g, {}).get("noun") or g)
 
+    @_memo
     def _group_forms(self, group: str) -> list[str]:
         g = normalize(group)
         extra = [normalize(w) for w in self._groups.get(g, {}).get("also") or []]
         return [g, self.group_noun(g), self.group_plural(g), *extra]
 
+    @_memo
     def is_group(self, word: str) -> bool:
         w = normalize(word)
         return any(w in self._group_forms(g) for g in self._groups)
@@ -171,6 +203,7 @@ class Knowledge:
         """Every group word and plural form -> the categories it covers (a fresh copy)."""
         return {w: set(m) for w, m in self._group_words.items()}
 
+    @_memo
     def members(self, group_word: str) -> set[str]:
         """Categories a group word covers ("animals" -> {dog, cat, ...}; "dogs" -> {dog})."""
         w = normalize(group_word)
@@ -184,6 +217,7 @@ class Knowledge:
                 return {cat}
         return set()
 
+    @_memo
     def refers_to(self, word: str, category: str) -> bool:
         """Whether `word` could name `category` or a group containing it (hallucination guard)."""
         w = normalize(word)

@@ -68,13 +68,16 @@ class ReadImages:
     def __call__(self, batch: pa.Table) -> pa.Table:
         data, errs, details = [], [], []
         uris, img_errs = batch.column("image_uri").to_pylist(), batch.column("image_error").to_pylist()
+        seen: dict[str, tuple[bytes | None, str | None, str | None]] = {}  # the records of one image
         for uri, img_err in zip(uris, img_errs, strict=True):
             if img_err:  # annotation problems: don't even read the image
                 data.append(None)
                 errs.append(None)
                 details.append(None)
                 continue
-            b, e, d = read_image_bytes(uri, self.store)
+            if uri not in seen:  # COCO, LVIS, PACO records of one file: read it once
+                seen[uri] = read_image_bytes(uri, self.store)
+            b, e, d = seen[uri]
             data.append(b)
             errs.append(e)
             details.append(d)
@@ -255,6 +258,9 @@ class DecodeAndFanOut:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows: list[dict[str, Any]] = []
+        # The records of one image (COCO, LVIS, PACO: adjacent in a block, see plan.split_for_stream)
+        # share one decode + resize + encode; the annotated size is part of the key (size checks).
+        decoded: dict[tuple[str, int, int], tuple[Any, ...]] = {}
         for image in batch.to_pylist():
             err, detail = image["image_error"], image["image_error_detail"]
             timg, tw, th = None, None, None
@@ -263,10 +269,13 @@ class DecodeAndFanOut:
             elif image["read_error"]:
                 err, detail = image["read_error"], image["read_error_detail"]
             else:
-                timg, tw, th, err, detail = decode_image(
-                    image["image_bytes"], image["width"], image["height"], self.max_image_pixels,
-                    self.needs_image, self.max_pixels, self.factor, self.min_pixels,
-                )
+                key = (image["image_uri"], image["width"], image["height"])
+                if key not in decoded:
+                    decoded[key] = decode_image(
+                        image["image_bytes"], image["width"], image["height"], self.max_image_pixels,
+                        self.needs_image, self.max_pixels, self.factor, self.min_pixels,
+                    )
+                timg, tw, th, err, detail = decoded[key]
             rows.extend(fan_out(image, timg, tw, th, err, detail))
         return pa.Table.from_pylist(rows, schema=UNIT_SCHEMA)
 
