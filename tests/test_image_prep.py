@@ -95,3 +95,20 @@ def test_units_of_an_image_share_one_image_part():
     assert parts[0] is parts[1] is parts[4]
     assert parts[0]["uuid"] == image_uuid(a) != image_uuid(b) == parts[3]["uuid"]
     assert image_uuid(a) == image_uuid(bytes(a))  # stable across processes: a content digest
+
+
+@pytest.mark.unit
+def test_gpu_bench_model_shape_is_qwen25_vl_7b(tmp_path):
+    """bench/gpu.py's offline model: transformers reads it as the published 7B shape, and its
+    special token ids are the offline tokenizer's."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from bench.gpu import build_qwen25_vl_7b_shape
+
+    path = build_qwen25_vl_7b_shape(str(tmp_path / "m"))
+    cfg = AutoConfig.from_pretrained(path)
+    text = cfg.get_text_config()
+    assert (text.hidden_size, text.num_hidden_layers, text.vocab_size) == (3584, 28, 152064)
+    assert (cfg.vision_config.depth, cfg.vision_config.out_hidden_size) == (32, 3584)
+    tok = AutoTokenizer.from_pretrained(path)
+    assert cfg.image_token_id == tok.convert_tokens_to_ids("<|image_pad|>")

@@ -85,3 +85,10 @@ def test_records_of_one_image_share_a_stream_block():
         assert len(idents) == 2 and len(set(idents)) == 1  # both records of one image, together
     assert sum(b.num_rows for b in blocks) == 8
     assert duplicate_count(["a", None, "b", "a", "a"]) == (4, 2)
+
+
+def test_unit_tables_are_still_sliced_plainly():
+    """The re-check stream splits unit rows (no `units` column) with the same function."""
+    rows = [unit(i, "reasoning") for i in range(5)]
+    blocks = split_for_stream(pa.Table.from_pylist(rows, schema=UNIT_SCHEMA), 2)
+    assert [b.num_rows for b in blocks] == [2, 2, 1]

@@ -253,6 +253,8 @@ def split_for_stream(work: pa.Table, rows_per_block: int) -> list[pa.Table]:
     n = max(1, rows_per_block)
     if work.num_rows == 0:
         return [work]
+    if "units" not in work.column_names:  # unit rows (the re-check stream): plain slices
+        return [work.slice(i, n) for i in range(0, work.num_rows, n)]
     idents = [units[0]["image_identity"] if units else None
               for units in work.column("units").to_pylist()]
     groups: dict[Any, list[int]] = {}
