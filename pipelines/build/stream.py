@@ -93,20 +93,24 @@ def fused_spec(s: StreamConfig) -> StageSpec:
     ceiling = cpu_ceiling()
     hi = s.cpu_actors_max or ceiling
     lo = s.cpu_actors_min or (hi if _LOCAL_RAY else 1)
-    return stage(FusedCpuStage, s.image_batch_size, min_actors=lo, max_actors=hi)
+    return stage(FusedCpuStage, None, min_actors=lo, max_actors=hi)  # one block = one batch (build_stream)
 
 
 def build_stream(plan: Plan, teacher: Teacher, cfg: GroundVConfig, store: StorageSpec,
                  build_id: str) -> ray.data.Dataset:
     s = cfg.stream
+    # from_blocks: the blocks stay exactly as split (from_arrow may re-split them) and their metadata
+    # is computed here once. Each block is one batch of the image stages (batch_size None), so the
+    # records of one image that split_for_stream put together stay together, and the teacher sends
+    # their identical requests once (teachers/requests.py).
     blocks = split_for_stream(plan.work, s.image_batch_size)
-    ds = ray.data.from_arrow(blocks)
+    ds = ray.data.from_blocks(blocks)
     if teacher.cpu_stage() is not None and s.fuse_cpu_stages:
         return fused_spec(s).apply(ds, store, teacher, s, cfg.teacher, cfg.filters, cfg.output.uri, build_id)
     ceiling = cpu_ceiling()
     # Read bytes once per image (I/O bound), then decode/resize and fan out to units.
-    ds = stage(ReadImages, s.image_batch_size, ceiling=ceiling).apply(ds, store)
-    ds = stage(DecodeAndFanOut, s.image_batch_size, ceiling=ceiling).apply(
+    ds = stage(ReadImages, None, ceiling=ceiling).apply(ds, store)
+    ds = stage(DecodeAndFanOut, None, ceiling=ceiling).apply(
         ds, teacher.needs_image, cfg.teacher.max_pixels, s.max_image_pixels, grid_factor(cfg.teacher),
         cfg.teacher.min_pixels)
     # One branch only (a second branch would re-read every image): units whose image failed pass
@@ -136,7 +140,7 @@ def build_refilter_stream(units: list[dict[str, Any]], responses: dict[str, dict
         r = responses.get(u["gen_key"], {})
         rows.append({**{k: u[k] for k in UNIT_SCHEMA.names}, **{n: r.get(n) for n, _ in TEACHER_OUT_FIELDS}})
     table = pa.Table.from_pylist(rows, schema=schema)
-    ds = ray.data.from_arrow(split_for_stream(table, cfg.stream.check_batch_size))
+    ds = ray.data.from_blocks(split_for_stream(table, cfg.stream.check_batch_size))
     return _check_and_write(ds, cfg, store, build_id, teacher_label)
 
 
