@@ -223,7 +223,7 @@ def _unit_from_stale(image: Mapping[str, Any], row: Mapping[str, Any]) -> dict[s
     unit.update({k: row[k] for k in ("gen_key", "task", "image_identity", "ann_hash", "prompt_hash",
                                      "teacher_hash", "batch")})
     unit.update({"teacher_image": None, "teacher_width": None, "teacher_height": None,
-                 "unit_error": None, "unit_error_detail": None})
+                 "unit_error": None, "unit_error_detail": None, "request_key": None, "shares_answer_of": None})
     return unit
 
 
