@@ -57,7 +57,7 @@ COCO_OBJECTS = [
 # PACO scene -> local ids: 1 mug 2 kettle 3 chair, 4 mug handle, 5 kettle handle, 6 chair leg
 # 7 chair "back" annotated outside its chair (a suspect annotation).
 PACO_OBJECTS = [
-    obj(100, "mug", rect(20, 20, 100, 120)),
+    dict(obj(100, "mug", rect(20, 20, 100, 120)), attributes=["white", "ceramic", "plain"]),
     obj(101, "kettle", rect(150, 20, 260, 140)),
     obj(102, "chair", rect(40, 150, 140, 238)),
     obj(200, "handle", rect(80, 50, 100, 90), parent=100),
@@ -230,6 +230,10 @@ DEFECTS: list[tuple[str, Any, str, dict[str, Any]]] = [
     ("spatial", coco_unit, "reasoning", {"pairs": [P("the dog at the very top", [2], "knowledge")]}),
     ("spatial", coco_unit, "multi_object", {"pairs": [P("the two leftmost dogs", [1, 3], "same_category")]}),
     ("spatial", coco_unit, "multi_object", {"pairs": [P("the three largest dogs", [2, 3], "same_category")]}),
+    ("ambiguous_reference", coco_unit, "reasoning", {"pairs": [P("Segment the dog.", [2], "knowledge")]}),
+    ("no_referent", coco_unit, "reasoning", {"pairs": [P("Segment it.", [7], "function")]}),
+    ("part_name_mismatch", paco_unit, "part", {"pairs": [P("the leg of the mug", [4], "part")]}),
+    ("attribute_mismatch", paco_unit, "reasoning", {"pairs": [P("the red mug", [1], "knowledge")]}),
 ]
 
 
@@ -256,7 +260,7 @@ def test_duplicate_instruction_rejects_later_pair_only():
         coco_unit("multi_object"),
         P("all the dogs", [1, 2, 3], "same_category"),
         P("Find all the dogs in this image!", [1, 2, 3], "same_category"),
-        P("the dog and the cat", [1, 4], "mixed_category"),
+        P("the chair and the cat", [7, 4], "mixed_category"),  # (three dogs: "the dog" would be ambiguous)
     )
     assert [a.pair_index for a in res.accepted] == [0, 2]
     assert [(r.pair_index, r.reason) for r in res.rejected] == [(1, "duplicate_instruction")]

@@ -70,6 +70,9 @@ class Knowledge:
         self._cats: dict[str, dict[str, Any]] = {
             normalize(k): dict(v or {}) for k, v in (data.get("categories") or {}).items()
         }
+        self._part_synonyms: dict[str, list[str]] = {
+            normalize(k): [normalize(x) for x in v or []] for k, v in (data.get("part_synonyms") or {}).items()
+        }
         rel = (data.get("relations") or {}).get("impossible") or {}
         self._relations: dict[str, list[str]] = {k: list(v or []) for k, v in rel.items()}
         self._check()
@@ -238,6 +241,12 @@ class Knowledge:
 
     def parts(self, name: str) -> list[str]:
         return [normalize(p) for p in self._entry(name).get("parts") or []]
+
+    def part_names(self, part: str) -> list[str]:
+        """Words that name a PACO part category: itself, its synonyms (part_synonyms), their plurals."""
+        p = normalize(part)
+        names = [p, *self._part_synonyms.get(p, [])]
+        return names + [regular_plural(n) for n in names]
 
     def kind(self, name: str) -> str:
         """``person``, ``animal`` or ``object``: which relation templates apply to a subject."""

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from pipelines.filters import (
+    checks_attributes,
     checks_granularity,
     checks_ids,
     checks_masks,
+    checks_reference,
     checks_semantic,
     checks_spatial,
     checks_text,
@@ -39,11 +41,15 @@ PAIR_CHECKS: tuple[tuple[str, PairCheck], ...] = (
     (checks_ids.TARGET_COUNT, checks_ids.check_target_count),
     (checks_ids.CROWD_TARGET, checks_ids.check_crowd_target),
     (checks_masks.MASK_TOO_SMALL, checks_masks.check_mask_too_small),
+    (checks_reference.NO_REFERENT, checks_reference.check_no_referent),
     (checks_ids.NOT_A_PART, checks_ids.check_not_a_part),
     (checks_masks.PART_PARENT_MISMATCH, checks_masks.check_part_inside_parent),
     (checks_masks.PART_PARENT_MISMATCH, checks_semantic.check_part_parent_named),
+    (checks_attributes.PART_NAME_MISMATCH, checks_attributes.check_part_name),
+    (checks_attributes.ATTRIBUTE_MISMATCH, checks_attributes.check_attributes),
     (checks_semantic.PRESENT_CATEGORY, checks_semantic.check_present_category),
     (checks_granularity.GRANULARITY, checks_granularity.check_granularity),
+    (checks_reference.AMBIGUOUS_REFERENCE, checks_reference.check_ambiguous_reference),
     (checks_spatial.SPATIAL, checks_spatial.check_spatial),
 )
 

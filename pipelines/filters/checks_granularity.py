@@ -41,7 +41,7 @@ def _conjunction_positions(toks: list[str]) -> set[int]:
     return out
 
 
-def _unqualified(toks: list[str], mentions: list[Mention]) -> bool:
+def unqualified(toks: list[str], mentions: list[Mention]) -> bool:
     skip = _conjunction_positions(toks)
     for m in mentions:
         skip.update(range(m.start, m.end))
@@ -79,7 +79,7 @@ def check_granularity(pair: PairView) -> str | None:
     toks, mentions = pair.tokens, pair.mentions
     targets = set(pair.target_ids)
     declared_group = ctx.task == "multi_granularity" and pair.subtype == "group"
-    if _unqualified(toks, mentions):
+    if unqualified(toks, mentions):
         covered: set[int] = set()
         prev_end = 0
         for m in mentions:

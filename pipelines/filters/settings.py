@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 # Bump whenever a check's logic changes (not its thresholds): stored rows then show they were
 # filtered by older rules even though the settings did not change.
-FILTER_CODE_VERSION = "filters-1"
+FILTER_CODE_VERSION = "filters-2"  # 2: no_referent, ambiguous_reference, attribute/part name checks
 
 
 @dataclass
@@ -45,6 +45,12 @@ class FilterSettings:
     spatial_tolerance: float = 0.02
     # Size superlatives: candidates within this relative area of the largest/smallest count as tied.
     area_tolerance: float = 0.05
+    # attribute_mismatch: an attribute word ("red", "wooden") modifies the first target noun at most
+    # this many tokens after it ("the red ceramic mug": 2); beyond that it describes something else.
+    attribute_window: int = 3
+    # no_referent: multi_object / multi_granularity instructions must name a known category, synonym
+    # or group word (those tasks are defined by categories); off = only "names nothing at all" counts.
+    no_referent_needs_category: bool = True
     # Strip markdown code fences / prose around the JSON object before parsing (API teachers add them).
     lenient_json: bool = True
 
