@@ -37,7 +37,10 @@ DEFECTS = ISSUE_EXAMPLES + [
     # counted: two of three dogs
     ("ambiguous_reference", coco_unit, "multi_object", P("the two dogs", [1, 2], "same_category")),
     ("ambiguous_reference", coco_unit, "multi_object", P("the cat and the dog", [4, 1], "mixed_category")),
+    ("ambiguous_reference", coco_unit, "reasoning", P("Can you see the dog?", [1], "knowledge")),
     ("no_referent", coco_unit, "multi_object", P("these two", [1, 2], "same_category")),
+    # "orange" before a non-noun is still the fruit (not verified absent here): judged as the head noun
+    ("present_category", coco_unit, "hallucination", P("the orange next to the cat", [], "object", "No.")),
     ("no_referent", coco_unit, "hallucination", P("the one over there", [], "attribute", "Nothing.")),
     ("no_referent", coco_unit, "reasoning", P("Please segment something.", [7], "function")),
     ("attribute_mismatch", paco_attr_unit, "reasoning", P("the wooden mug", [1], "knowledge")),
@@ -55,6 +58,8 @@ VALID = [
     ("unique synonym", coco_unit, "reasoning", P("the kitty", [4], "knowledge")),
     ("all instances", coco_unit, "multi_object", P("the three dogs", [1, 2, 3], "same_category")),
     ("crowd not counted", coco_unit, "reasoning", P("the person", [9], "knowledge")),
+    ("colour word that is a category", coco_unit, "reasoning", P("the orange cat", [4], "knowledge")),
+    ("modal can is no tin can", coco_unit, "reasoning", P("Can you see the cat?", [4], "knowledge")),
     ("described use", coco_unit, "reasoning", P("something to sit on", [7], "function")),
     ("described fact", coco_unit, "reasoning", P("What purrs when it is happy?", [4], "knowledge")),
     ("attribute matches", paco_attr_unit, "reasoning", P("the white ceramic mug", [1], "knowledge")),

@@ -46,9 +46,15 @@ def _tokens_of(text: str) -> tuple[str, ...]:
     return tuple(text.replace("_", " ").split())
 
 
-def _has_phrase(toks: list[str], phrase: tuple[str, ...]) -> bool:
+def _has_phrase(toks: list[str], phrase: tuple[str, ...], longer: list[tuple[str, ...]]) -> bool:
+    """`phrase` occurs in `toks`, not as the tail of a longer name ("body" inside "inner body")."""
     n = len(phrase)
-    return any(tuple(toks[i : i + n]) == phrase for i in range(len(toks) - n + 1))
+    for i in range(len(toks) - n + 1):
+        if tuple(toks[i : i + n]) != phrase:
+            continue
+        if not any(len(lp) > n and tuple(toks[max(0, i + n - len(lp)) : i + n]) == lp for lp in longer):
+            return True
+    return False
 
 
 # ------------------------------------------------------------------------------ part_name_mismatch
@@ -63,7 +69,9 @@ def check_part_name(pair: PairView) -> str | None:
         if not row.is_part:
             continue
         names = ctx.knowledge.part_names(row.name)
-        if not any(_has_phrase(toks, _tokens_of(n)) for n in names):
+        parent = ctx.by_local[row.parent_local_id].name if row.parent_local_id is not None else ""
+        longer = [_tokens_of(p) for p in ctx.knowledge.parts(parent) if p not in names]
+        if not any(_has_phrase(toks, _tokens_of(n), longer) for n in names):
             return f"target {i} is a {row.name!r}, which the instruction does not name (nor a synonym)"
     return None
 

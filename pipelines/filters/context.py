@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping
 
 from pipelines.core.object_table import TableRow, build_object_table
 from pipelines.filters.geometry import RleGeometry
-from pipelines.filters.lexicon import Lexicon, Mention, Term, lexicon_for, tokens
+from pipelines.filters.lexicon import MODIFIER_WORDS, Lexicon, Mention, Term, lexicon_for, tokens
 from pipelines.filters.settings import FilterSettings
 
 GeometryFactory = Callable[[Mapping[int, Any], int, int], Any]
@@ -58,6 +58,7 @@ class UnitContext:
         self._absent: set[str] | None = None
         self._not_exhaustive: set[str] | None = None
         self._extra_terms: dict[str, Term] | None = None
+        self._part_names: frozenset[str] | None = None
 
     # ---------------------------------------------------------------- categories
     def category(self, local_id: int) -> str:
@@ -102,6 +103,13 @@ class UnitContext:
         return self._not_exhaustive
 
     @property
+    def part_names(self) -> frozenset[str]:
+        """Last words of the unit's part names ("handle", "light" of "tail light")."""
+        if self._part_names is None:
+            self._part_names = frozenset(r.name.split()[-1] for r in self.rows if r.is_part and r.name)
+        return self._part_names
+
+    @property
     def extra_terms(self) -> dict[str, Term]:
         """Terms for this unit's category names that the knowledge table does not know."""
         if self._extra_terms is None:
@@ -132,5 +140,25 @@ class PairView:
     @property
     def mentions(self) -> list[Mention]:
         if self._mentions is None:
-            self._mentions = self.ctx.lex.mentions(self.tokens, self.ctx.extra_terms)
+            found = self.ctx.lex.mentions(self.tokens, self.ctx.extra_terms)
+            self._mentions = _drop_modifiers(found, self.tokens, self.ctx.part_names) if found else found
         return self._mentions
+
+
+def _drop_modifiers(mentions: list[Mention], toks: list[str], part_names: frozenset[str]) -> list[Mention]:
+    """Drop category words used as attributes ("the **orange** bicycle", "the **glass** bottle") or verbs.
+
+    A one-word mention that is also a PACO attribute word (colour / material) and is directly
+    followed by another mention or by a part name of the unit modifies that noun; "the orange next
+    to the banana" keeps its fruit.
+    """
+    out: list[Mention] = []
+    for k, m in enumerate(mentions):
+        if m.text == "can" and toks[m.end : m.end + 1] in (["you"], ["i"], ["we"], ["it"], ["they"]):
+            continue  # "Can you see the cup?": the modal verb, not a tin can
+        if m.end - m.start == 1 and m.text in MODIFIER_WORDS and m.end < len(toks):
+            nxt = mentions[k + 1] if k + 1 < len(mentions) else None
+            if (nxt is not None and nxt.start == m.end) or toks[m.end] in part_names:
+                continue
+        out.append(m)
+    return out

@@ -58,6 +58,14 @@ FILLER = frozenset(
 )
 
 
+# Colour / material words that are also category names ("orange", "glass", "paper", "wood"...):
+# directly before another noun they are attributes, not references (see context._drop_modifiers).
+MODIFIER_WORDS = frozenset(
+    "black blue brown green grey gray orange pink purple red white yellow stone wood wooden rattan"
+    " fabric wool leather velvet metal paper plastic glass ceramic".split()
+)
+
+
 @dataclass(frozen=True)
 class Term:
     categories: frozenset[str]  # canonical category names the word can refer to
