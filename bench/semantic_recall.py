@@ -216,9 +216,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"valid template pairs: {valid['template']}, rejected {valid['template_rejected']} "
         f"(by the four new codes: {valid['template_rejected_new_codes']})"
     )
+    new = valid["variants_rejected_new_codes"]
     print(f"valid variants (bare unique refs, right colours, part synonyms): {valid['variants']}, "
-          f"rejected {valid['variants_rejected']} (by the four new codes: {valid['variants_rejected_new_codes']})")  # fmt: skip
-    return {"codes": table, "valid": dict(valid)}
+          f"rejected {valid['variants_rejected']} (by the four new codes: {new})")  # fmt: skip
+    out = {"seed": args.seed, "units": len(units), "codes": table, "valid": dict(valid)}
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "semantic_recall.json"), "w") as f:
+        json.dump(out, f, indent=2)
+    return out
 
 
 if __name__ == "__main__":
