@@ -10,6 +10,7 @@ under output/groundv. See README.md and docs/architecture.md.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -26,7 +27,9 @@ if ROOT not in sys.path:
 from pipelines.build.commit import CommitConflict, clean_receipts, select_existing, write_manifest  # noqa: E402
 from pipelines.build.plan import Plan, make_plan  # noqa: E402
 from pipelines.build.report import Progress, print_plan, print_summary  # noqa: E402
+from pipelines.build.stages.verify_images import prepare_item  # noqa: E402
 from pipelines.build.stats import merge_stats, totals  # noqa: E402
+from pipelines.build.verify import VerifyResult, image_lookup, verify_plan, verify_version  # noqa: E402
 from pipelines.config import ConfigError, config_hash, load_config, parse_args, resolved  # noqa: E402
 from pipelines.core.knowledge import load_knowledge  # noqa: E402
 from pipelines.core.secrets import scrub  # noqa: E402
@@ -48,6 +51,7 @@ from schemas.columns import KIND_SAMPLES, TASKS  # noqa: E402
 from schemas.manifest import Manifest  # noqa: E402
 from teachers.backends import build_teacher  # noqa: E402
 from teachers.prompts import default_prompts_dir, load_prompts  # noqa: E402
+from teachers.verify_backends import build_verifier  # noqa: E402
 
 MAX_ROUNDS = 4  # plan/stream/commit rounds before giving up on a commit race
 
@@ -64,8 +68,10 @@ class BuildContext:
         self.sources = resolve_sources(cfg)
         self.prompts = load_prompts(cfg.teacher.prompts_dir or default_prompts_dir(), list(cfg.tasks))
         self.teacher = build_teacher(cfg.teacher, self.prompts, self.store, cfg.stream.teacher_batch_size)
+        self.verifier = build_verifier(cfg.verify, self.store)
         if validate_teacher:
             self.teacher.validate()
+            self.verifier.validate()
         self.exclude = load_exclusions(cfg.data.exclude_image_ids, self.store)
         self.build_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
 
@@ -125,7 +131,10 @@ def commit(ctx: BuildContext, p: Plan, ledger: Ledger, current: Manifest | None,
     missing = p.reused_keys - covered
     if missing:  # never commit a version that silently lost units
         raise RuntimeError(f"{len(missing)} planned units have no rows in any shard; re-run the build")
+    verified = verify_step(ctx, shards, current)
+    shards = verified.shards
     stats = build_stats(first_plan, progress, shards, time.monotonic() - wall_start, ctx.cfg)
+    add_verify_stats(stats, verified.stats)
     m = write_manifest(
         ctx.output, ctx.store, (current.version if current else 0) + 1, current.version if current else None,
         shards, config=resolved(ctx.cfg), config_hash=config_hash(ctx.cfg),
@@ -139,6 +148,38 @@ def commit(ctx: BuildContext, p: Plan, ledger: Ledger, current: Manifest | None,
     except OSError as exc:  # the version is committed; stale receipts are only re-read, never wrong
         print(f"groundv: committed v{m.version:06d}, but could not delete old receipts ({exc})", file=sys.stderr)
     return m
+
+
+def verify_step(ctx: BuildContext, shards: list, current: Manifest | None) -> VerifyResult:
+    """Second-model verification of the version's accepted pairs (pipelines/build/verify.py)."""
+    v = ctx.cfg.verify
+    cache = storage_join(ctx.output, "cache", "index")
+    prepare = functools.partial(prepare_item, store=ctx.store, kind=str(v.kind), max_pixels=v.max_pixels,
+                                margin=v.crop_margin)
+    if ctx.verifier.backend == "vllm":
+        from pipelines.build.stream import init_ray
+
+        init_ray(ctx.cfg)
+    res = verify_version(ctx.output, ctx.store, ctx.verifier, shards, current,
+                         image_lookup(ctx.sources, ctx.store, cache), prepare)
+    if res.stats.get("enabled"):
+        s = res.stats
+        print(f"[groundv] verify {s['verifier']}: {s['verifier_calls']} verifier calls, "
+              f"{s['verdicts_reused']} stored verdicts reused, passed {s['passed']}, failed {s['failed']}",
+              flush=True)
+    return res
+
+
+def add_verify_stats(stats: dict, verify: dict) -> None:
+    """Manifest stats: the verify summary, and per task the precision-adjusted yield (accepted pairs
+    per teacher call x the verifier's pass rate)."""
+    stats["verify"] = verify
+    for t, ts in stats["tasks"].items():
+        vt = (verify.get("tasks") or {}).get(t) or {}
+        ts["verify"] = vt or None
+        rate = vt.get("pass_rate")
+        ts["yield_verified"] = round(ts["yield"] * rate, 3) if ts.get("yield") is not None and rate is not None \
+            else None
 
 
 def build_stats(first: Plan, progress: Progress, shards, wall_s: float, cfg) -> dict:
@@ -194,6 +235,21 @@ def cost_gpus(cfg) -> float:
     return 0.0
 
 
+def print_verify_plan(ctx: BuildContext, p: Plan, current: Manifest | None) -> None:
+    """Dry run: which stored pairs the verifier would (re-)check and why."""
+    if not ctx.verifier.enabled:
+        if current is not None and (current.stats or {}).get("verify", {}).get("enabled"):
+            print("verify: off (verify.backend=none): every pair returns to samples unverified")
+        return
+    why = verify_plan(ctx.output, ctx.store, ctx.verifier, current, set(p.reuse_from))
+    print(f"verify {ctx.verifier.label()} (prompt {ctx.verifier.prompt.content_hash[:10]}):")
+    for task, c in sorted(why.items()):
+        todo = sum(n for k, n in c.items() if k != "stored verdict")
+        reasons = ", ".join(f"{k}: {n}" for k, n in sorted(c.items()) if k != "stored verdict") or "-"
+        print(f"  {task:18} {todo:6d} stored pairs to verify ({reasons}); {c['stored verdict']} reuse a stored verdict")
+    print(f"  + every pair accepted from the {p.units_to_run} units the stream will run (new verification keys)")
+
+
 def preflight(cfg) -> None:
     """Everything that would fail later and can be checked in seconds, before Ray starts: every
     store is reachable with these credentials, input files exist, the teacher's weights exist."""
@@ -236,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         return 4
     print_plan(first)
     if args.dry_run:
+        print_verify_plan(ctx, first, current)
         print("dry run: nothing written")
         return 0
     start_version = current.version if current else None

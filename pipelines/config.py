@@ -115,6 +115,41 @@ def grid_factor(teacher: TeacherConfig) -> int:
     return teacher.patch_size * teacher.merge_size if teacher.patch_size > 0 else 1
 
 
+class VerifyBackend(StrEnum):
+    none = "none"
+    replay = "replay"
+    vllm = "vllm"
+
+
+class VerifyKind(StrEnum):
+    listener = "listener"
+    mask_judge = "mask_judge"
+
+
+def _verify_vllm() -> VllmConfig:
+    # A judge should be deterministic and short: greedy, a few tokens (ids list or one verdict word).
+    return VllmConfig(sampling={"temperature": 0.0, "max_tokens": 128})
+
+
+@dataclass
+class VerifyConfig:
+    """Second-model verification of accepted pairs (docs/teachers.md#verifier)."""
+
+    backend: VerifyBackend = VerifyBackend.none
+    kind: VerifyKind = VerifyKind.listener
+    prompt_file: str | None = None  # default: teachers/prompts/verify_<kind>.yaml
+    # mask_judge with log-probs: pass iff P(pass verdict) >= threshold (re-decided from the stored
+    # score on every build: changing it never calls the verifier again)
+    threshold: float = 0.5
+    verdicts: str | None = None  # replay: JSONL of {"verify_key", "response"[, "p_pass"]}
+    replay_source: str = "external"  # replay: names the external verifier (part of its identity)
+    mode: str = "vision"  # vision | text (listener only: object table without the photo)
+    max_pixels: int = 1003520  # pixel budget of each image the verifier sees
+    crop_margin: float = 0.25  # mask_judge: the zoomed crop's margin, as a fraction of the mask box
+    batch_size: int = 256  # pairs per verification request batch
+    vllm: VllmConfig = field(default_factory=_verify_vllm)
+
+
 @dataclass
 class OutputConfig:
     uri: str = "output/groundv"
@@ -162,6 +197,7 @@ class GroundVConfig:
     tasks: List[str] = field(default_factory=lambda: list(TASKS))
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     filters: FilterSettings = field(default_factory=FilterSettings)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -298,6 +334,22 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("stream: need 1 <= check_actors_min <= check_actors_max")
     if not cfg.output.uri:
         raise ConfigError("output.uri is empty")
+    _validate_verify(cfg.verify)
+
+
+def _validate_verify(v: Any) -> None:
+    if not 0.0 <= v.threshold <= 1.0:
+        raise ConfigError("verify.threshold must be between 0 and 1")
+    if v.mode not in ("vision", "text"):
+        raise ConfigError("verify.mode must be 'vision' or 'text'")
+    if v.mode == "text" and v.kind == VerifyKind.mask_judge:
+        raise ConfigError("verify.kind=mask_judge needs verify.mode=vision (it judges a drawn mask)")
+    if v.backend == VerifyBackend.replay and not v.verdicts:
+        raise ConfigError("verify.backend=replay needs verify.verdicts=FILE.jsonl")
+    if v.backend == VerifyBackend.vllm and not v.vllm.model_source:
+        raise ConfigError("verify.backend=vllm needs verify.vllm.model_source (hub id or path)")
+    if v.batch_size < 1:
+        raise ConfigError("verify.batch_size must be >= 1")
 
 
 def _container(cfg: Any) -> Any:

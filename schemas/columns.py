@@ -38,6 +38,11 @@ KIND_REJECTS = "rejects"
 KIND_ERRORS = "errors"
 KIND_RAW = "raw"
 SHARD_KINDS: tuple[str, ...] = (KIND_SAMPLES, KIND_REJECTS, KIND_ERRORS, KIND_RAW)
+# Written by the verify step (pipelines/build/verify.py), not by the stream's writer:
+# verdicts = one row per verified pair and verifier; verify_failed = sample rows the verifier
+# rejected (kept whole so a new verifier or prompt can re-verify them without the teacher).
+KIND_VERDICTS = "verdicts"
+KIND_VERIFY_FAILED = "verify_failed"
 
 # Unit outcomes: every planned unit ends in exactly one.
 OUTCOME_ACCEPTED = "accepted"
@@ -172,6 +177,27 @@ SAMPLE_SCHEMA = pa.schema(
         ("prompt_hash", pa.string()),
         ("teacher", pa.string()),
         ("filter_version", pa.string()),
+        # second-model verification (docs/teachers.md#verifier): "pass" | "fail" | null (not verified)
+        ("verify_verdict", pa.string()),
+        ("verify_score", pa.float64()),  # P(correct) when the verifier returns log-probs, else null
+    ]
+)
+
+# --- one verifier verdict: stored once per (pair content, verifier, verifier prompt) ------------
+VERDICT_SCHEMA = pa.schema(
+    [
+        ("verify_key", pa.string()),  # sha256(pair_key, verifier identity, prompt hash)
+        ("pair_key", pa.string()),  # sha256 of the pair content alone (explains re-verification)
+        ("verifier_hash", pa.string()),
+        ("prompt_hash", pa.string()),
+        ("verifier", pa.string()),  # short label, e.g. replay:listener@ab12
+        ("gen_key", pa.string()),
+        ("task", pa.string()),
+        ("passed", pa.bool_()),
+        ("verdict", pa.string()),  # listener: match | mismatch; mask_judge: one of the prompt's verdicts
+        ("score", pa.float64()),  # P(correct) or null
+        ("detail", pa.string()),
+        ("response", pa.string()),  # raw verifier text
     ]
 )
 
@@ -239,6 +265,8 @@ KIND_SCHEMAS: dict[str, pa.Schema] = {
     KIND_REJECTS: REJECT_SCHEMA,
     KIND_ERRORS: ERROR_SCHEMA,
     KIND_RAW: RAW_SCHEMA,
+    KIND_VERDICTS: VERDICT_SCHEMA,
+    KIND_VERIFY_FAILED: SAMPLE_SCHEMA,
 }
 
 # --- what the check stage emits per unit: the unit's rows of every kind, nested ---------------

@@ -9,6 +9,14 @@ to its uri unless --inline-images), the answer JSON schema, and the id map
 `objects: [{"id", "ann_id", "category"}]`. By default only the units the next build would generate;
 --all writes every planned unit.
 
+--verify writes the verifier's requests instead (verify.kind / verify.prompt_file /
+verify.replay_source of the config): one line per stored pair of the latest version without a
+verdict of this verifier (--all: every pair), with its `verify_key`, the chat `messages`, the
+output constraint (`json` schema with the ids enum, or the verdict `choice`), and for mask_judge
+the pair's `mask` (drawn into the images with --inline-images). Answer each line elsewhere and
+replay with `verify.backend=replay verify.verdicts=answers.jsonl`, lines
+{"verify_key": ..., "response": "<raw text>"[, "p_pass": 0.93]}.
+
 Round trip: export with the config you will replay under (teacher.backend=replay, and
 teacher.replay_source naming the external teacher), answer each line elsewhere, then
 `build_groundv.py teacher.backend=replay teacher.responses=answers.jsonl` with lines
@@ -24,11 +32,17 @@ import sys
 from typing import Any, Iterator
 
 from pipelines.build.stages.images import decode_image, fit_to_budget  # noqa: E402
+from pipelines.build.stages.verify_images import verifier_image_urls  # noqa: E402
+from pipelines.build.verify import image_lookup, read_rows, stored_verdicts  # noqa: E402
 from pipelines.build_groundv import BuildContext, plan  # noqa: E402
 from pipelines.config import ConfigError, grid_factor, load_config  # noqa: E402
 from pipelines.core.object_table import build_object_table  # noqa: E402
 from pipelines.storage import fs as storage  # noqa: E402
+from pipelines.storage.output import latest_manifest  # noqa: E402
+from schemas.columns import KIND_SAMPLES, KIND_VERIFY_FAILED  # noqa: E402
 from teachers.messages import IMAGE_PART, answer_json_schema, build_messages  # noqa: E402
+from teachers.verifier import build_messages as verify_messages  # noqa: E402
+from teachers.verifier import make_item, output_constraint  # noqa: E402
 from teachers.vllm_rows import image_data_url, unit_table  # noqa: E402
 
 
@@ -64,23 +78,69 @@ def unit_lines(ctx: BuildContext, work_rows: list[dict[str, Any]], inline_images
             }
 
 
+def verify_lines(ctx: BuildContext, all_pairs: bool, inline_images: bool) -> Iterator[dict[str, Any]]:
+    """The verifier's requests for the latest version's stored pairs (see module doc)."""
+    v, verifier = ctx.cfg.verify, ctx.verifier
+    current = latest_manifest(ctx.output, ctx.store)
+    if current is None:
+        return
+    stored, _ = stored_verdicts(ctx.output, current, ctx.store) if not all_pairs else ({}, [])
+    images = image_lookup(ctx.sources, ctx.store, storage.join(ctx.output, "cache", "index"))
+    vh, ph = verifier.identity_hash(), verifier.prompt.content_hash
+    for s in current.shards:
+        if s.kind not in (KIND_SAMPLES, KIND_VERIFY_FAILED):
+            continue
+        for row in read_rows(ctx.output, s, ctx.store):
+            image = images(row["source"], int(row["image_id"]))
+            if image is None:
+                continue
+            item = make_item(row, image, vh, ph)
+            if item["verify_key"] in stored:
+                continue
+            urls = [item["image_uri"]] * (2 if verifier.kind == "mask_judge" else 1)
+            if inline_images:
+                data = storage.read_bytes(item["image_uri"], ctx.store)
+                urls = verifier_image_urls(data, item, verifier.kind, v.max_pixels, v.crop_margin)
+            if v.mode == "text":
+                urls = []
+            yield {
+                "verify_key": item["verify_key"], "gen_key": item["gen_key"], "sample_id": item["sample_id"],
+                "task": item["task"], "kind": verifier.kind, "image_uri": item["image_uri"],
+                "messages": verify_messages(item, verifier.prompt, urls),
+                "output_constraint": output_constraint(item, verifier.prompt),
+                "mask": item["mask"] if verifier.kind == "mask_judge" else None,
+            }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="export_prompts.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", action="append", default=[])
     ap.add_argument("--out", required=True, help="JSONL file to write")
     ap.add_argument("--all", action="store_true", help="every planned unit, not only those to generate")
     ap.add_argument("--inline-images", action="store_true", help="embed images as data: URLs")
+    ap.add_argument("--verify", action="store_true", help="export the verifier's requests for stored pairs")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     overrides = list(args.overrides)
     if any(o.startswith("teacher.backend=replay") for o in overrides) and \
             not any(o.startswith("teacher.responses=") for o in overrides):
         overrides.append("teacher.responses=(not needed to export)")  # the answers don't exist yet
+    if any(o.startswith("verify.backend=replay") for o in overrides) and \
+            not any(o.startswith("verify.verdicts=") for o in overrides):
+        overrides.append("verify.verdicts=(not needed to export)")
     try:
         ctx = BuildContext(load_config(args.config, overrides), validate_teacher=False, dry_run=True)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"export_prompts: configuration error: {exc}", file=sys.stderr)
         return 2
+    if args.verify:
+        n = 0
+        with open(args.out, "w") as fh:
+            for line in verify_lines(ctx, args.all, args.inline_images):
+                fh.write(json.dumps(line) + "\n")
+                n += 1
+        print(f"wrote {n} verifier prompts to {args.out} (verifier {ctx.verifier.label()})")
+        return 0
     p, *_ = plan(ctx, set(), use_existing=not args.all)
     n = 0
     with open(args.out, "w") as fh:
