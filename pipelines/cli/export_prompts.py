@@ -109,6 +109,8 @@ def verify_lines(ctx: BuildContext, all_pairs: bool, inline_images: bool) -> Ite
                 "messages": verify_messages(item, verifier.prompt, urls),
                 "output_constraint": output_constraint(item, verifier.prompt),
                 "mask": item["mask"] if verifier.kind == "mask_judge" else None,
+                "objects": [{"id": r.local_id, "ann_id": r.ann_id, "category": r.name}
+                            for r in build_object_table(image["objects"] or [])],
             }
 
 
