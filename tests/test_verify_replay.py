@@ -12,8 +12,8 @@ import pytest
 
 from pipelines.build_groundv import main as build_main
 from pipelines.cli.export_prompts import main as export_main
-from tests.dataset_checks import latest_manifest, read_kind
 from teachers.verifier import default_prompt_path
+from tests.dataset_checks import latest_manifest, read_kind
 
 pytestmark = pytest.mark.ray
 
