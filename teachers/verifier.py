@@ -182,20 +182,21 @@ def build_messages(item: Mapping[str, Any], prompt: VerifyPrompt, image_urls: li
 
 
 def output_constraint(item: Mapping[str, Any], prompt: VerifyPrompt) -> dict[str, Any]:
-    """vLLM structured output: the listener's JSON schema (ids enum) or the judge's verdict choice."""
+    """vLLM structured output: the listener's JSON schema (ids enum) or the judge's verdict choice.
+    No `uniqueItems` (xgrammar rejects it): a repeated id changes nothing in a set comparison, so
+    the length is capped at the number of ids instead."""
     if prompt.kind == "mask_judge":
         return {"choice": list(prompt.verdicts)}
-    ids: dict[str, Any] = (
-        {"type": "integer", "enum": list(item["local_ids"])} if item["local_ids"] else {"type": "integer"}
-    )
+    ids = list(item["local_ids"])
+    target: dict[str, Any] = {"type": "array", "items": {"type": "integer"}, "maxItems": len(ids)}
+    if ids:
+        target["items"] = {"type": "integer", "enum": ids}
     schema = {
         "type": "object",
-        "properties": {"target_ids": {"type": "array", "items": ids, "uniqueItems": True}},
+        "properties": {"target_ids": target},
         "required": ["target_ids"],
         "additionalProperties": False,
     }
-    if not item["local_ids"]:
-        schema["properties"]["target_ids"]["maxItems"] = 0
     return {"json": json.dumps(schema, separators=(",", ":"))}
 
 

@@ -190,10 +190,35 @@ class VllmVerifier(Verifier):
             postprocess=functools.partial(verify_postprocess, prompt=self.prompt),
         )
         out: Answers = {}
-        for row in processor(ds).select_columns(["verify_key", "response", "p_pass"]).take_all():
+        self.errors: dict[str, str] = {}
+        # Failed rows bypass the postprocess (raw __data shape): normalise both shapes in one stage.
+        for row in processor(ds).map_batches(_normalise, batch_format="pyarrow", batch_size=None).take_all():
             if row.get("response") is not None:
                 out[row["verify_key"]] = {"response": row["response"], "p_pass": row.get("p_pass")}
+            elif row.get("error"):
+                self.errors[row["verify_key"]] = row["error"]
         return out
+
+
+def _normalise(table: Any) -> Any:
+    import pyarrow as pa
+
+    rows = table.to_pylist()
+    out = []
+    for r in rows:
+        err = r.get("__inference_error__") or None
+        out.append(
+            {
+                "verify_key": r.get("verify_key"),
+                "response": None if err else r.get("response"),
+                "p_pass": None if err else r.get("p_pass"),
+                "error": str(err)[:2000] if err else None,
+            }
+        )
+    schema = pa.schema(
+        [("verify_key", pa.string()), ("response", pa.string()), ("p_pass", pa.float64()), ("error", pa.string())]
+    )
+    return pa.Table.from_pylist(out, schema=schema)
 
 
 def _perf_only() -> frozenset[str]:

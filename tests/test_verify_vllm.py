@@ -83,10 +83,10 @@ def test_listener_text_structure_and_determinism(ray_session, tmp_path_factory):
     v = build_verifier(vcfg(model, "listener", "text"))
     its = items(tmp_path_factory.mktemp("imgs"), v)
     first = v.answer(its, _prepare(v))
-    assert set(first) == {it["verify_key"] for it in its}
+    assert set(first) == {it["verify_key"] for it in its}, v.errors
     for it in its:
         ids = json.loads(first[it["verify_key"]]["response"])["target_ids"]
-        assert set(ids) <= {1, 2, 3} and len(set(ids)) == len(ids)  # schema: ids enum, unique
+        assert set(ids) <= {1, 2, 3} and len(ids) <= 3  # schema: ids enum, capped length
         verdict = decide(it, first[it["verify_key"]]["response"], None, v.prompt, v.threshold)
         assert verdict.passed is not None and verdict.passed == (set(ids) == set(it["expected_ids"]))
     again = build_verifier(vcfg(model, "listener", "text")).answer(its, _prepare(v))
@@ -100,7 +100,7 @@ def test_mask_judge_vision_verdicts_and_p_pass(ray_session, tmp_path_factory):
     v = build_verifier(vcfg(model, "mask_judge", "vision"))
     its = items(tmp_path_factory.mktemp("imgs_vl"), v)
     got = v.answer(its, _prepare(v))
-    assert set(got) == {it["verify_key"] for it in its}
+    assert set(got) == {it["verify_key"] for it in its}, v.errors
     for it in its:
         a = got[it["verify_key"]]
         assert a["response"] in v.prompt.verdicts, a  # the choice constraint
