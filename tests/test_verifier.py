@@ -146,3 +146,20 @@ def test_overlay_paints_mask_and_crop_zooms():
     item = make_item(SAMPLE, IMAGE, "v", "p")
     assert len(verifier_image_urls(buf.getvalue(), item, "mask_judge", 10_000, 0.25)) == 2
     assert len(verifier_image_urls(buf.getvalue(), item, "listener", 10_000, 0.25)) == 1
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["verify.backend=replay"], "verify.verdicts"),
+        (["verify.backend=vllm"], "verify.vllm.model_source"),
+        (["verify.threshold=1.5"], "threshold"),
+        (["verify.kind=mask_judge", "verify.mode=text"], "mode=vision"),
+    ],
+)
+def test_verify_config_errors_name_the_key(overrides, message):
+    from pipelines.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_config([], overrides)
+    assert str(load_config([], []).verify.backend) == "none"  # off by default
