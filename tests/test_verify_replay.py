@@ -103,3 +103,10 @@ def test_replay_round_trip_prompt_change_and_off(ray_session, sample_dir, tmp_pa
     m5 = latest_manifest(str(out))
     rows = read_kind(str(out), m5, "samples").to_pylist()
     assert len(rows) == n_accepted and {r["verify_verdict"] for r in rows} == {None}
+    assert build_main(base) == 0  # off twice: the stored verdicts are still carried
+    # ... so turning the second verifier back on asks nothing again.
+    assert build_main([*base, *replay2, f"verify.verdicts={verdicts2}"]) == 0
+    m7 = latest_manifest(str(out))
+    assert m7["stats"]["verify"]["verifier_calls"] == 0
+    assert m7["stats"]["verify"]["verdicts_reused"] == n_accepted
+    assert {s["verify_verdict"] for s in read_kind(str(out), m7, "samples").to_pylist()} == {"pass"}

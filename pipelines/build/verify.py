@@ -156,9 +156,11 @@ def verify_version(
     prepare: Callable,
 ) -> VerifyResult:
     """See module doc. `shards` are the new version's shards (from the commit's selection)."""
+    # Stored verdicts outlive a build with verification off: turning it back on reuses them.
+    kept_verdicts = current.shards_of(KIND_VERDICTS) if current else []
     if not verifier.enabled and not _verified_before(current):
-        return VerifyResult(shards, {"enabled": False})
-    stored, old_verdict_shards = stored_verdicts(output, current, store) if verifier.enabled else ({}, [])
+        return VerifyResult([*shards, *kept_verdicts], {"enabled": False})
+    stored, old_verdict_shards = stored_verdicts(output, current, store) if verifier.enabled else ({}, kept_verdicts)
     groups: dict[tuple[str, str], list[ShardEntry]] = defaultdict(list)
     keep: list[ShardEntry] = []
     for s in shards:
@@ -192,9 +194,8 @@ def verify_version(
     out = list(keep)
     for g, entries in groups.items():
         out += _regroup(output, store, g, entries, base[g], verdicts if verifier.enabled else {}, verifier, stats)
-    if verifier.enabled:
-        out += [s for s in old_verdict_shards if _still_used(output, s, store, pair_keys)]
-        out += _write_verdicts(output, store, new)
+    out += [s for s in old_verdict_shards if _still_used(output, s, store, pair_keys)]
+    out += _write_verdicts(output, store, new)
     return VerifyResult(out, _summary(verifier, stats))
 
 
