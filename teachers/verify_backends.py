@@ -159,7 +159,17 @@ class VllmVerifier(Verifier):
             else dict(v.engine_kwargs or {})
         )
         # Reuse the teacher's engine wiring (placement, structured outputs, CPU mode, identity rules).
-        shim = SimpleNamespace(vllm=v, mode=self.mode, box_format="xyxy", pairs_per_unit=1, max_pixels=cfg.max_pixels)
+        # patch_size 0: no patch grid -- the verify step resizes its images itself (fit to max_pixels).
+        shim = SimpleNamespace(
+            vllm=v,
+            mode=self.mode,
+            box_format="xyxy",
+            pairs_per_unit=1,
+            max_pixels=cfg.max_pixels,
+            patch_size=0,
+            merge_size=1,
+            min_pixels=0,
+        )
         self.engine = VllmTeacher(shim, {})
 
     def identity(self) -> dict[str, Any]:
