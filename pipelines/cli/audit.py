@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Human audit of a committed version: draw a sample, review it in the browser, report precision.
 
-    python pipelines/cli/audit.py sample --name round1 [--per-task 200] [--version N] [--seed S] [--rejects K]
+    python pipelines/cli/audit.py sample --name round1 [--per-task 200] [--version N] [--seed S]
+        [--rejects K] [--verify-failed K]
     python pipelines/cli/audit.py serve  --name round1 [--auditor alice] [--host 127.0.0.1] [--port 8765]
     python pipelines/cli/audit.py report --name round1 [--target-precision 0.95]
 
@@ -29,7 +30,7 @@ def _sample(args: argparse.Namespace, output: str, store: Any) -> int:
     from pipelines.quality.sample import draw_sample
 
     s = draw_sample(output, check_name("audit", args.name), store, args.per_task, args.version, args.seed,
-                    args.rejects)
+                    args.rejects, args.verify_failed)
     by = Counter((it["task"], it["kind"]) for it in s["items"])
     print(f"audit: drew {len(s['items'])} pairs of version {s['version']} (seed {s['seed']}) into audit {args.name}")
     for (task, kind), n in sorted(by.items()):
@@ -89,6 +90,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=int, help="manifest version (default: the latest)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rejects", type=int, default=0, help="rejected pairs per task (false-reject estimate)")
+    p.add_argument("--verify-failed", type=int, default=0,
+                   help="pairs per task the verifier failed (verifier vs human agreement; not in the dataset)")
     p = sub.add_parser("serve", help="serve the review page")
     p.add_argument("--name", required=True)
     p.add_argument("--auditor", default=None, help="who reviews (default: the login name)")

@@ -21,11 +21,14 @@ from pipelines.quality.store import AuditError, create_record, sample_uri
 from pipelines.storage import fs as storage
 from pipelines.storage.fs import StorageSpec
 from pipelines.storage.output import list_versions, load_manifest
-from schemas.columns import KIND_REJECTS, KIND_SAMPLES, TASKS
+from schemas.columns import KIND_REJECTS, KIND_SAMPLES, KIND_VERIFY_FAILED, TASKS
 from schemas.manifest import Manifest
 
 SAMPLE_FORMAT = 1
 KIND_SAMPLE, KIND_REJECT = "sample", "reject"  # item kinds in an audit sample
+# Pairs the verifier moved out of `samples`: judged by people only to measure the verifier (they are
+# not part of the dataset, so they never count towards its precision).
+KIND_FAILED = "verify_failed"
 VERIFY_COLUMNS = ("verify_verdict", "verify_score")  # optional, written by the verifier when it ran
 SAMPLE_COLUMNS = ["sample_id", "source", "image_id", "image_uri", "width", "height", "task", "subtype",
                   "instruction", "answer", "target_ids", "mask"]
@@ -55,11 +58,12 @@ def _read(output: str, path: str, columns: list[str], store: StorageSpec, filt: 
 def _pick(output: str, m: Manifest, kind: str, task: str, n: int, rng: random.Random,
           store: StorageSpec) -> tuple[list[dict[str, Any]], int]:
     """(n picked rows with their shard path, the population size) of one (kind, task)."""
-    id_cols = ["sample_id"] if kind == KIND_SAMPLES else ["gen_key", "pair_index"]
+    sample_like = kind in (KIND_SAMPLES, KIND_VERIFY_FAILED)
+    id_cols = ["sample_id"] if sample_like else ["gen_key", "pair_index"]
     ids: list[tuple[str, str, int]] = []  # (shard path, id, pair_index)
     for s in m.shards_of(kind, task):
         t = _read(output, s.path, id_cols, store)
-        if kind == KIND_SAMPLES:
+        if sample_like:
             ids.extend((s.path, i, 0) for i in t.column("sample_id").to_pylist())
         else:  # a whole-response reject (pair_index -1) has no pair a person could judge
             ids.extend((s.path, g, p) for g, p in zip(t.column("gen_key").to_pylist(),
@@ -71,9 +75,9 @@ def _pick(output: str, m: Manifest, kind: str, task: str, n: int, rng: random.Ra
         by_shard[path].add((i, p))
     rows: list[dict[str, Any]] = []
     for path, wanted in sorted(by_shard.items()):
-        key_col = "sample_id" if kind == KIND_SAMPLES else "gen_key"
+        key_col = "sample_id" if sample_like else "gen_key"
         filt = pc.field(key_col).isin(sorted({i for i, _ in wanted}))
-        cols = SAMPLE_COLUMNS if kind == KIND_SAMPLES else REJECT_COLUMNS
+        cols = SAMPLE_COLUMNS if sample_like else REJECT_COLUMNS
         for r in _read(output, path, cols, store, filt).to_pylist():
             if (r[key_col], r.get("pair_index", 0)) in wanted:
                 rows.append({**r, "shard": path})
@@ -81,7 +85,8 @@ def _pick(output: str, m: Manifest, kind: str, task: str, n: int, rng: random.Ra
 
 
 def _item(kind: str, r: dict[str, Any]) -> dict[str, Any]:
-    key = r["sample_id"] if kind == KIND_SAMPLE else f"reject:{r['gen_key']}:{r['pair_index']}"
+    key = {KIND_SAMPLE: r.get("sample_id"), KIND_FAILED: f"failed:{r.get('sample_id')}"}.get(
+        kind, f"reject:{r.get('gen_key')}:{r.get('pair_index')}")
     item = {"key": key, "kind": kind, **{k: v for k, v in r.items()}}
     for c in VERIFY_COLUMNS:
         item.setdefault(c, None)
@@ -89,9 +94,9 @@ def _item(kind: str, r: dict[str, Any]) -> dict[str, Any]:
 
 
 def draw_sample(output: str, name: str, store: StorageSpec, per_task: int, version: int | None = None,
-                seed: int = 0, rejects: int = 0) -> dict[str, Any]:
+                seed: int = 0, rejects: int = 0, verify_failed: int = 0) -> dict[str, Any]:
     """Draw, store (create-once) and return the sample of audit `name`."""
-    if per_task < 0 or rejects < 0 or per_task + rejects == 0:
+    if min(per_task, rejects, verify_failed) < 0 or per_task + rejects + verify_failed == 0:
         raise AuditError("nothing to draw: --per-task and --rejects must be >= 0, and one of them > 0")
     m = resolve_version(output, version, store)
     items: list[dict[str, Any]] = []
@@ -101,7 +106,10 @@ def draw_sample(output: str, name: str, store: StorageSpec, per_task: int, versi
         items.extend(_item(KIND_SAMPLE, r) for r in got)
         bad, n_rejects = _pick(output, m, KIND_REJECTS, task, rejects, random.Random(f"{seed}:{task}:r"), store)
         items.extend(_item(KIND_REJECT, r) for r in bad)
-        population[task] = {KIND_SAMPLE: n_samples, KIND_REJECT: n_rejects}
+        failed, n_failed = _pick(output, m, KIND_VERIFY_FAILED, task, verify_failed,
+                                 random.Random(f"{seed}:{task}:f"), store)
+        items.extend(_item(KIND_FAILED, r) for r in failed)
+        population[task] = {KIND_SAMPLE: n_samples, KIND_REJECT: n_rejects, KIND_FAILED: n_failed}
     if not items:
         raise AuditError(f"empty sample: version {m.version} has no accepted pairs"
                          + (" or pair-level rejects" if rejects else "") + f" (per task {per_task})")
@@ -109,6 +117,7 @@ def draw_sample(output: str, name: str, store: StorageSpec, per_task: int, versi
     random.Random(f"{seed}:order").shuffle(items)  # tasks and kinds mixed, so no run of one kind biases people
     sample = {"format": SAMPLE_FORMAT, "name": name, "version": m.version, "build_id": m.build_id,
               "seed": seed, "per_task": per_task, "rejects_per_task": rejects,
+              "verify_failed_per_task": verify_failed,
               "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
               "population": population, "items": items}
     if not create_record(sample_uri(output, name), sample, store):
