@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -159,6 +160,7 @@ def _verifier_version(out: str) -> int:
             shards.append(s)
             continue
         t = pq.read_table(Path(out) / s.path)
+        t = t.drop_columns([c for c in ("verify_verdict", "verify_score") if c in t.column_names])
         score = [int(hashlib.sha256(i.encode()).hexdigest()[:4], 16) / 65535 for i in t.column("sample_id").to_pylist()]
         t = t.append_column("verify_score", pa.array(score, pa.float64()))
         t = t.append_column("verify_verdict", pa.array(["pass" if x >= 0.3 else "fail" for x in score]))
@@ -295,3 +297,46 @@ def test_card_of_an_audited_version(audit_build, tmp_path, capsys):
     for cfg in head["configs"][1:]:
         ds = datasets.load_dataset(out, cfg["config_name"], split="train", cache_dir=str(tmp_path / "hf"))
         assert len(ds) == sum(sh["rows"] for sh in samples if sh["task"] == cfg["config_name"])
+
+
+def _verify_failed_version(out: str) -> int:
+    """A crafted v4 shaped like a real verifier run: pairs that failed live in `verify_failed` shards,
+    out of `samples` (see pipelines/build/verify.py)."""
+    v = _verifier_version(out)
+    m = Manifest.from_json((Path(out) / f"manifests/v{v:06d}.json").read_text())
+    shards = []
+    for s in m.shards:
+        if s.kind != "samples":
+            shards.append(s)
+            continue
+        t = pq.read_table(Path(out) / s.path)
+        passed = pc.equal(t.column("verify_verdict"), "pass")
+        for kind, part in (("samples", t.filter(passed)), ("verify_failed", t.filter(pc.invert(passed)))):
+            path = s.path.replace(".parquet", f"-{kind}.parquet")
+            pq.write_table(part, Path(out) / path)
+            shards.append(ShardEntry(path, kind, s.task, part.num_rows, (Path(out) / path).stat().st_size, "x",
+                                     s.batch))
+    m.version, m.parent_version, m.shards = v + 1, v, shards
+    (Path(out) / f"manifests/v{v + 1:06d}.json").write_text(m.to_json())
+    return v + 1
+
+
+def test_verify_failed_pairs_measure_the_verifier_not_the_dataset(audit_build):
+    out = str(Path(audit_build).parent / "verify-failed")
+    shutil.copytree(audit_build, out)
+    v = _verify_failed_version(out)
+    assert audit_main(["--output", out, "sample", "--name", "vf", "--per-task", "4", "--verify-failed", "3",
+                       "--version", str(v)]) == 0
+    s = load_sample(out, "vf", LOCAL)
+    kinds = Counter(i["kind"] for i in s["items"])
+    assert kinds["verify_failed"] > 0 and kinds["sample"] > 0
+    assert all(i["verify_verdict"] == ("fail" if i["kind"] == "verify_failed" else "pass") for i in s["items"])
+    keys = [i["key"] for i in s["items"]]
+    log = VerdictLog(out, "vf", "alice", keys, LOCAL)
+    for j, k in enumerate(keys):
+        log.give(k, "y", None, vid=f"v{j}")  # people say every pair is right: the verifier's fails are wrong
+    r = compute(s, read_verdicts(out, "vf", LOCAL))
+    # The dataset's precision counts only its own pairs; the verifier is measured on both verdicts.
+    assert r["overall"]["pooled"]["n"] == kinds["sample"] and r["overall"]["pooled"]["k"] == kinds["sample"]
+    assert r["verifier"]["n"] == len(keys)
+    assert r["verifier"]["accuracy"] == kinds["sample"] / len(keys)
