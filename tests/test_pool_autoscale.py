@@ -83,11 +83,16 @@ def test_fused_pool_grows_past_one_node_on_fake_autoscaler(tmp_path):
     config = tmp_path / "fake_autoscaling.json"
     config.write_text(json.dumps(fake))
     overrides = [f"output.uri={tmp_path / 'out'}", f"data.sample.dir={tmp_path / 'sample'}",
-                 "data.sample.num_images=48", "stream.image_batch_size=1"]
+                 "data.sample.num_images=48", "stream.image_batch_size=1",
+                 # Three one-core actors at least need two 2-CPU nodes; the driver waits for the pool's
+                 # minimum (RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S), so this does not race the job's end.
+                 "stream.cpu_actors_min=3"]
     try:
         cluster.start_head(num_cpus=0, dashboard=True, extra=[f"--autoscaling-config={config}"])
         driver = subprocess.run([sys.executable, "-c", DRIVER, ROOT, *overrides],
-                                env={**env, "RAY_ADDRESS": cluster.address}, cwd=str(tmp_path),
+                                env={**env, "RAY_ADDRESS": cluster.address,
+                                     "RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": "300"},
+                                cwd=str(tmp_path),
                                 capture_output=True, text=True, timeout=600)
         log_path = os.path.join(cluster.temp_dir, "session_latest", "logs", "monitor.log")
         time.sleep(2)
