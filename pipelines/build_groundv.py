@@ -24,7 +24,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from pipelines.build.commit import CommitConflict, clean_receipts, select_existing, write_manifest  # noqa: E402
+from pipelines.build.commit import (  # noqa: E402
+    CommitConflict,
+    CommitRefused,
+    check_shrink,
+    clean_receipts,
+    select_existing,
+    write_manifest,
+)
 from pipelines.build.plan import Plan, make_plan  # noqa: E402
 from pipelines.build.report import Progress, print_plan, print_summary  # noqa: E402
 from pipelines.build.stages.verify_images import prepare_item  # noqa: E402
@@ -36,7 +43,7 @@ from pipelines.core.secrets import scrub  # noqa: E402
 from pipelines.filters.settings import filter_version  # noqa: E402
 from pipelines.sources.readers import AnnotationFileError  # noqa: E402
 from pipelines.sources.resolve import load_exclusions, load_images, resolve_sources  # noqa: E402
-from pipelines.storage.fs import StorageError, StorageSpec  # noqa: E402
+from pipelines.storage.fs import StorageError, StorageSpec, normalize_uri  # noqa: E402
 from pipelines.storage.fs import join as storage_join  # noqa: E402
 from pipelines.storage.output import (  # noqa: E402
     Ledger,
@@ -63,7 +70,7 @@ class BuildContext:
         self.dry_run = dry_run  # a dry run writes nothing, not even the source-index cache
         self.cfg = cfg
         self.store = StorageSpec(cfg.storage.endpoint_url, cfg.storage.retries)
-        self.output = cfg.output.uri if cfg.output.uri.startswith("s3://") else os.path.abspath(cfg.output.uri)
+        self.output = normalize_uri(cfg.output.uri)
         cfg.output.uri = self.output
         self.sources = resolve_sources(cfg)
         self.prompts = load_prompts(cfg.teacher.prompts_dir or default_prompts_dir(), list(cfg.tasks))
@@ -131,6 +138,7 @@ def commit(ctx: BuildContext, p: Plan, ledger: Ledger, current: Manifest | None,
     missing = p.reused_keys - covered
     if missing:  # never commit a version that silently lost units
         raise RuntimeError(f"{len(missing)} planned units have no rows in any shard; re-run the build")
+    check_shrink(current, shards, ctx.cfg.commit.allow_shrink, ctx.cfg.commit.max_shrink)  # before paying to verify
     verified = verify_step(ctx, shards, current)
     shards = verified.shards
     stats = build_stats(first_plan, progress, shards, time.monotonic() - wall_start, ctx.cfg)
@@ -266,15 +274,28 @@ def preflight(cfg) -> None:
     if cfg.teacher.backend == "replay" and cfg.teacher.responses:
         uris["teacher.responses"] = cfg.teacher.responses
         must.add("teacher.responses")
-    check_all_reachable(uris, store, frozenset(must))
+    check_all_reachable(normalized(uris), store, frozenset(must))
     if cfg.teacher.backend == "vllm":
         check_model_source(cfg.teacher.vllm.model_source, store)
+
+
+def normalized(uris: dict[str, str]) -> dict[str, str]:
+    """Each configured location in its one spelling (s3a:// -> s3://); an unsupported scheme is a
+    configuration error naming the key."""
+    out = {}
+    for key, uri in uris.items():
+        try:
+            out[key] = normalize_uri(uri)
+        except ValueError as exc:
+            raise ValueError(f"{key}: {exc}") from None
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
+        cfg.output.uri = normalized({"output.uri": cfg.output.uri})["output.uri"]
         preflight(cfg)  # seconds, before Ray starts: stores reachable, inputs and model exist
         ctx = BuildContext(cfg, dry_run=args.dry_run)
     except (ConfigError, StorageError, FileNotFoundError, ValueError) as exc:
@@ -316,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("groundv: could not commit after several rounds (concurrent builds?)", file=sys.stderr)
             return 3
+    except CommitRefused as exc:
+        print(f"groundv: not committed: {scrub(str(exc))}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - the one place that turns any failure into a clear exit

@@ -192,6 +192,15 @@ class CostConfig:
 
 
 @dataclass
+class CommitConfig:
+    # A version that keeps less than (1 - max_shrink) of the previous version's samples is refused
+    # unless allow_shrink=true: a config slip (data.limit=0, tasks=[], a sources list that forgot the
+    # old sources) must not silently become the latest version (docs/reliability.md).
+    allow_shrink: bool = False
+    max_shrink: float = 0.5
+
+
+@dataclass
 class GroundVConfig:
     data: DataConfig = field(default_factory=DataConfig)
     tasks: List[str] = field(default_factory=lambda: list(TASKS))
@@ -203,6 +212,7 @@ class GroundVConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
     cost: CostConfig = field(default_factory=CostConfig)
+    commit: CommitConfig = field(default_factory=CommitConfig)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -288,8 +298,45 @@ _SOURCE_FIELD_HELP = {
 }
 
 
+# Numeric settings and their allowed ranges (inclusive; None = unbounded), checked in one place
+# before any work starts: a 0 batch size must not fail after Ray started and advise a re-run.
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "data.limit": (0, None),
+    "data.sample.num_images": (1, None),
+    "teacher.pairs_per_unit": (1, None),
+    "teacher.max_pixels": (28 * 28, None),
+    "teacher.vllm.batch_size": (1, None),
+    "teacher.vllm.gpus_per_engine": (0, None),
+    "storage.retries": (0, 100),
+    "ray.num_cpus": (1, None),
+    "stream.image_batch_size": (1, None),
+    "stream.teacher_batch_size": (1, None),
+    "stream.check_batch_size": (1, None),
+    "stream.write_batch_size": (1, None),
+    "stream.check_actors_min": (1, None),
+    "stream.cpu_actors_max": (1, None),
+    "stream.max_image_pixels": (1, None),
+    "stream.status_interval_s": (0.1, None),
+    "cost.gpu_hourly_usd": (0, None),
+    "cost.gpus": (0, None),
+    "commit.max_shrink": (0, 1),
+}
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """Every setting of RANGES within its range (unset optional settings are skipped)."""
+    for key, (lo, hi) in RANGES.items():
+        value = OmegaConf.select(cfg, key)
+        if value is None:
+            continue
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            want = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+            raise ConfigError(f"{key} must be {want}, got {value}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Semantic checks the type system can't express."""
+    check_ranges(cfg)
     unknown = [t for t in cfg.tasks if t not in TASKS]
     if unknown:
         raise ConfigError(f"tasks: unknown task {unknown[0]!r}; expected some of {list(TASKS)}")
@@ -310,10 +357,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("data.exclude_image_ids must be a list of ids or the uri of a file of ids")
     if OmegaConf.is_list(ex) and not all(isinstance(v, int) for v in ex):
         raise ConfigError("data.exclude_image_ids: every id must be an integer")
-    if cfg.data.limit is not None and cfg.data.limit < 0:
-        raise ConfigError("data.limit must be >= 0")
-    if cfg.teacher.pairs_per_unit < 1:
-        raise ConfigError("teacher.pairs_per_unit must be >= 1")
     if cfg.teacher.mode not in ("vision", "text"):
         raise ConfigError("teacher.mode must be 'vision' or 'text'")
     if cfg.teacher.box_format not in ("xyxy", "xyxy_resized", "xyxy_1000"):

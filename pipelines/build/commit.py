@@ -21,11 +21,40 @@ from pipelines.build.stages.shards import parquet_bytes, shard_path
 from pipelines.storage import fs as storage
 from pipelines.storage.fs import StorageSpec
 from pipelines.storage.output import Ledger, manifest_uri
+from schemas.columns import KIND_SAMPLES
 from schemas.manifest import Manifest, ShardEntry
 
 
 class CommitConflict(RuntimeError):
     """Another build committed the version we wanted; re-plan against it."""
+
+
+class CommitRefused(RuntimeError):
+    """The new version must not be committed as is (shards missing, or it drops too much)."""
+
+
+def check_shards_exist(output: str, shards: list[ShardEntry], store: StorageSpec) -> None:
+    """Every shard the manifest will name is there (one listing of data/): a gc that ran while this
+    build worked must make the commit fail, never produce a version naming deleted files."""
+    present = storage.list_files(storage.join(output, "data"), store)
+    missing = [s.path for s in shards if storage.join(output, s.path) not in present]
+    if missing:
+        raise CommitRefused(f"{len(missing)} shards of the new version are missing (first: {missing[0]}), "
+                            "deleted while the build ran (manifest.py gc?); nothing committed: re-run the build")
+
+
+def check_shrink(previous: Manifest | None, shards: list[ShardEntry], allow: bool, max_shrink: float) -> None:
+    """Refuse a version that keeps less than (1 - max_shrink) of the previous version's samples."""
+    if previous is None or allow:
+        return
+    before = sum(s.rows for s in previous.shards if s.kind == KIND_SAMPLES)
+    after = sum(s.rows for s in shards if s.kind == KIND_SAMPLES)
+    if before and after < before * (1.0 - max_shrink):
+        raise CommitRefused(
+            f"the new version would keep {after} of the {before} samples of v{previous.version:06d} "
+            f"(drops {100 * (before - after) / before:.0f}%, more than commit.max_shrink={max_shrink}); "
+            "nothing committed. Check data.limit, tasks and data.sources; if the drop is intended, re-run "
+            "with commit.allow_shrink=true (the work done so far is kept and not paid for again)")
 
 
 def select_existing(
@@ -110,6 +139,7 @@ def write_manifest(
         config=config, config_hash=config_hash, teacher=teacher, prompts=prompts, filters=filters,
         shards=sorted(shards, key=lambda s: (s.kind, s.task, s.path)), stats=stats, build_id=build_id,
     )
+    check_shards_exist(output, shards, store)
     if not storage.create_if_absent(manifest_uri(output, version), m.to_json().encode(), store):
         raise CommitConflict(f"manifest v{version:06d} was committed by another build")
     return m

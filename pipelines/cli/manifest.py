@@ -3,11 +3,13 @@
 
     python pipelines/cli/manifest.py show [VERSION] [--output URI]
     python pipelines/cli/manifest.py diff V1 V2 [--output URI]
-    python pipelines/cli/manifest.py gc --keep N [--delete] [--output URI]
+    python pipelines/cli/manifest.py gc --keep N [--delete] [--grace-s S] [--output URI]
 
 `--output` defaults to the config's output.uri (configs/default.yaml + --config/overrides).
 `gc` lists the shards that no manifest among the newest N references and deletes them only with
-`--delete` (a dry run by default). Manifests themselves are never deleted.
+`--delete` (a dry run by default). Shards named by a pending receipt (a crashed or running build's
+paid-for work) and shards younger than --grace-s (default 6 h) are never deleted, nor are manifests.
+Every tool also takes key=value config overrides.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from collections import defaultdict
 
 import pyarrow.parquet as pq  # noqa: E402
 
-from pipelines.config import ConfigError, load_config  # noqa: E402
+from pipelines.cli.common import NotFound, common_parent, load, run, split_overrides  # noqa: E402
 from pipelines.storage import fs as storage  # noqa: E402
 from pipelines.storage.fs import StorageSpec  # noqa: E402
-from pipelines.storage.output import list_versions, load_manifest, output_of  # noqa: E402
+from pipelines.storage.gc import DEFAULT_GRACE_S, collect  # noqa: E402
+from pipelines.storage.output import list_versions, load_manifest  # noqa: E402
 from schemas.columns import KIND_SAMPLES, TASKS  # noqa: E402
 from schemas.manifest import Manifest  # noqa: E402
 
@@ -75,62 +78,53 @@ def diff(output: str, a: Manifest, b: Manifest, store: StorageSpec) -> str:
     return "\n".join(lines)
 
 
-def gc(output: str, keep: int, delete: bool, store: StorageSpec) -> tuple[list[str], int]:
-    """Shards no manifest among the newest `keep` references. Deleted only when `delete`."""
-    versions = list_versions(output, store)
-    if not versions:
-        return [], 0
-    live: set[str] = set()
-    for v in versions[-keep:]:
-        live.update(s.path for s in load_manifest(output, v, store).shards)
-    files = storage.list_files(storage.join(output, "data"), store)
-    base = output.rstrip("/") + "/"
-    garbage = sorted(u[len(base):] if u.startswith(base) else u for u in files)
-    garbage = [p for p in garbage if p not in live]
-    size = sum(int(files.get(base + p, {}).get("size", 0)) for p in garbage)
-    if delete:
-        for p in garbage:
-            storage.delete(storage.join(output, p), store)
-    return garbage, size
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="manifest.py", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--output", help="output uri (default: the config's output.uri)")
-    ap.add_argument("--config", action="append", default=[])
+    return run("manifest", lambda: _main(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: list[str]) -> int:
+    argv, overrides = split_overrides(argv)
+    common = common_parent()
+    ap = argparse.ArgumentParser(prog="manifest.py", description=__doc__.split("\n\n")[0], parents=[common])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    p_show = sub.add_parser("show")
+    p_show = sub.add_parser("show", parents=[common])
     p_show.add_argument("version", nargs="?", type=int)
-    p_diff = sub.add_parser("diff")
+    p_diff = sub.add_parser("diff", parents=[common])
     p_diff.add_argument("v1", type=int)
     p_diff.add_argument("v2", type=int)
-    p_gc = sub.add_parser("gc")
-    p_gc.add_argument("--keep", type=int, required=True)
+    p_gc = sub.add_parser("gc", parents=[common])
+    p_gc.add_argument("--keep", type=int, required=True, help="versions whose shards are kept (>= 1)")
     p_gc.add_argument("--delete", action="store_true", help="really delete (default: list only)")
+    p_gc.add_argument("--grace-s", type=float, default=DEFAULT_GRACE_S,
+                      help="never delete shards younger than this (a running build may still commit them)")
     args = ap.parse_args(argv)
-    try:
-        cfg = load_config(args.config, [])
-    except ConfigError as exc:
-        print(f"manifest: configuration error: {exc}", file=sys.stderr)
-        return 2
-    store, output = output_of(cfg, args.output)
+    if args.cmd == "gc" and args.keep < 1:
+        raise ValueError(f"--keep must be >= 1 (got {args.keep}): the latest version is always kept")
+    _, store, output = load(args, overrides)
     versions = list_versions(output, store)
     if not versions:
-        print(f"manifest: no versions under {output}", file=sys.stderr)
-        return 1
+        raise NotFound(f"no committed version under {output}")
+
+    def version(v: int) -> Manifest:
+        if v not in versions:
+            raise NotFound(f"no version {v} under {output} (committed versions: {versions[0]}..{versions[-1]})")
+        return load_manifest(output, v, store)
+
     if args.cmd == "show":
         from pipelines.quality.report import audits_of_version
 
-        m = load_manifest(output, args.version or versions[-1], store)
+        m = version(args.version or versions[-1])
         print("\n".join([show(m), *audits_of_version(output, m.version, store)]))
     elif args.cmd == "diff":
-        print(diff(output, load_manifest(output, args.v1, store), load_manifest(output, args.v2, store), store))
+        print(diff(output, version(args.v1), version(args.v2), store))
     else:
-        garbage, size = gc(output, max(1, args.keep), args.delete, store)
+        r = collect(output, args.keep, store, args.grace_s, args.delete)
         verb = "deleted" if args.delete else "would delete (dry run; pass --delete)"
-        for p in garbage:
+        for p in r.garbage:
             print(p)
-        print(f"{verb}: {len(garbage)} shards, {size} bytes not referenced by the newest {args.keep} versions")
+        print(f"{verb}: {len(r.garbage)} shards, {r.size} bytes not referenced by the newest {args.keep} "
+              f"versions; kept {r.kept_for_receipts} named by pending receipts and {r.kept_recent} younger "
+              f"than {args.grace_s:g} s")
     return 0
 
 

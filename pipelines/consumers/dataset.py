@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -42,7 +41,7 @@ class VersionNotFound(LookupError):
 
 def normalize_output(output_uri: str) -> str:
     """Local outputs as absolute paths (what the builder records); s3:// unchanged."""
-    return output_uri if storage.is_s3(output_uri) else os.path.abspath(output_uri)
+    return storage.normalize_uri(output_uri)
 
 
 def load_manifest(output_uri: str, version: int | None = None, endpoint_url: str | None = None) -> Manifest:

@@ -33,7 +33,7 @@ class SourceSpec:
 
 
 def _abs(uri: str) -> str:
-    return uri if storage.is_s3(uri) else os.path.abspath(uri)
+    return storage.normalize_uri(uri)
 
 
 def resolve_sources(cfg: Any) -> list[SourceSpec]:

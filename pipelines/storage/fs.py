@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -87,7 +88,34 @@ class StorageSpec:
 
 
 def is_s3(uri: str) -> bool:
-    return uri.startswith("s3://") or uri.startswith("s3a://")
+    return uri.startswith("s3://")
+
+
+# Hadoop / Spark spellings of S3: the same objects, so they are read as s3:// (one spelling in
+# manifests, listings and messages). Any other scheme is refused: writing `gs://x` to a local folder
+# named `gs:/x` and exiting 0 is the failure this prevents.
+S3_ALIASES = ("s3a://", "s3n://")
+
+
+def normalize_uri(uri: str) -> str:
+    """The one spelling of a storage location: `s3://...` or an absolute local path.
+
+    `s3a://` / `s3n://` become `s3://`, `file://` a local path; any other `scheme://` raises
+    ValueError naming it (only S3 and local paths are supported).
+    """
+    uri = str(uri).strip()
+    for alias in S3_ALIASES:
+        if uri.lower().startswith(alias):
+            return "s3://" + uri[len(alias):]
+    if uri.lower().startswith("s3://"):
+        return "s3://" + uri[5:]
+    if uri.lower().startswith("file://"):
+        return os.path.abspath(uri[7:])
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", uri)
+    if scheme:
+        raise ValueError(f"{uri}: the scheme {scheme.group(1)}:// is not supported; use s3://bucket/prefix "
+                         "(s3a:// and s3n:// are read as s3://) or a local path")
+    return os.path.abspath(uri)
 
 
 def join(base: str, *parts: str) -> str:

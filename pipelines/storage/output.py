@@ -7,7 +7,7 @@ Readers of the dataset never list `data/`; the builder lists only `manifests/` a
 from __future__ import annotations
 
 import json
-import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +70,11 @@ def pending_receipts(output: str, store: StorageSpec, committed: set[str]) -> li
             continue  # a receipt is written atomically; an unreadable one is not a receipt
         shards = [ShardEntry(**s) for s in raw["shards"]]
         if shards and all(s.path in committed for s in shards):
+            continue
+        lost = [s.path for s in shards if not storage.exists(storage.join(output, s.path), store)]
+        if lost:  # e.g. deleted by an older gc: the units are simply generated again
+            print(f"groundv: ignoring receipt {uri}: {len(lost)} of its shards are missing (first: {lost[0]}); "
+                  "its units will be generated again", file=sys.stderr)
             continue
         out.append(Receipt(uri=uri, build_id=raw.get("build_id", ""), batch=raw["batch"], shards=shards))
     return out
@@ -135,4 +140,4 @@ def output_of(cfg: Any, output_arg: str | None) -> tuple[StorageSpec, str]:
     """The store and the absolute output uri a CLI tool works on (`--output` or the config's)."""
     store = StorageSpec(cfg.storage.endpoint_url, cfg.storage.retries)
     output = output_arg or cfg.output.uri
-    return store, output if storage.is_s3(output) else os.path.abspath(output)
+    return store, storage.normalize_uri(output)
