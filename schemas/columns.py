@@ -309,3 +309,13 @@ def field_names(schema_or_fields: pa.Schema | list[tuple[str, pa.DataType]]) -> 
     if isinstance(schema_or_fields, pa.Schema):
         return list(schema_or_fields.names)
     return [name for name, _ in schema_or_fields]
+
+
+# Ids (image, annotation, category, target) are int64 columns: a JSON integer outside that range
+# is bad input (a row-level reject or a file error naming the file), never an OverflowError.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def is_int64(v: object) -> bool:
+    """An integer (not a bool) that fits an int64 column."""
+    return isinstance(v, int) and not isinstance(v, bool) and INT64_MIN <= v <= INT64_MAX

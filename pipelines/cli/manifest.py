@@ -22,6 +22,7 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from pipelines.cli.common import NotFound, common_parent, load, run, split_overrides  # noqa: E402
 from pipelines.storage import fs as storage  # noqa: E402
+from pipelines.storage import guard  # noqa: E402
 from pipelines.storage.fs import StorageSpec  # noqa: E402
 from pipelines.storage.gc import DEFAULT_GRACE_S, collect  # noqa: E402
 from pipelines.storage.output import list_versions, load_manifest  # noqa: E402
@@ -56,7 +57,7 @@ def sample_keys(output: str, m: Manifest, store: StorageSpec) -> dict[str, set[s
     for s in m.shards:
         if s.kind != KIND_SAMPLES:
             continue
-        fs, path = storage.fs_and_path(storage.join(output, s.path), store)
+        fs, path = storage.fs_and_path(guard.shard_uri(output, s.path), store)
         ids = pq.read_table(path, filesystem=fs, columns=["sample_id"]).column("sample_id").to_pylist()
         out[s.task].update(ids)
     return out

@@ -43,6 +43,7 @@ from pipelines.consumers.cards import (  # noqa: E402, F401 - re-exported for ca
 )
 from pipelines.consumers.render import RGB, TASK_COLOURS, Card, SheetLayout, contact_sheet, fit_within  # noqa: E402
 from pipelines.storage import fs as storage  # noqa: E402
+from pipelines.storage import guard  # noqa: E402
 from pipelines.storage.fs import StorageSpec  # noqa: E402
 from pipelines.storage.output import list_versions, load_manifest, output_of  # noqa: E402
 from schemas.columns import KIND_REJECTS, KIND_SAMPLES, TASKS  # noqa: E402
@@ -67,7 +68,7 @@ def shard_rows(output: str, m: Manifest, kind: str, task: str, want: int, rng: r
     for s in shards:
         if len(rows) >= want:
             break
-        fs, path = storage.fs_and_path(storage.join(output, s.path), store)
+        fs, path = storage.fs_and_path(guard.shard_uri(output, s.path), store)
         rows.extend(pq.read_table(path, filesystem=fs, columns=columns).to_pylist())
     return rows
 

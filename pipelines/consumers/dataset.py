@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -21,6 +22,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from pipelines.storage import fs as storage
+from pipelines.storage import guard
 from pipelines.storage import output as state
 from pipelines.storage.fs import StorageSpec
 from schemas.columns import KIND_SAMPLES, KIND_SCHEMAS
@@ -63,7 +65,7 @@ def shard_uris(manifest: Manifest, output_uri: str, kind: str = KIND_SAMPLES, ta
     if kind not in KIND_SCHEMAS:
         raise ValueError(f"unknown shard kind {kind!r}; expected one of {sorted(KIND_SCHEMAS)}")
     output = normalize_output(output_uri)
-    return [storage.join(output, s.path) for s in manifest.shards_of(kind, task)]
+    return [guard.shard_uri(output, s.path) for s in manifest.shards_of(kind, task)]
 
 
 def _open(output: str, endpoint_url: str | None) -> tuple[Any, StorageSpec]:
@@ -81,7 +83,19 @@ def _selected(output_uri: str, version: int | None, kind: str, task: str | None,
     output = normalize_output(output_uri)
     manifest = load_manifest(output, version, endpoint_url)
     fs, store = _open(output, endpoint_url)
-    return _fs_paths(shard_uris(manifest, output, kind, task), store), fs, store
+    uris = shard_uris(manifest, output, kind, task)
+    verify_shards(manifest, output, kind, task, store)
+    return _fs_paths(uris, store), fs, store
+
+
+def verify_shards(manifest: Manifest, output: str, kind: str, task: str | None, store: StorageSpec) -> None:
+    """Each shard's bytes hash to the manifest's sha256 (one read per shard, in parallel): a shard
+    altered or replaced after the commit is refused instead of read as the version's data."""
+    def one(entry: Any) -> None:
+        guard.verify_sha256(storage.read_bytes(guard.shard_uri(output, entry.path), store), entry.sha256, entry.path)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(one, manifest.shards_of(kind, task)))
 
 
 def to_arrow_dataset(output_uri: str, version: int | None = None, kind: str = KIND_SAMPLES,

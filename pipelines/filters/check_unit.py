@@ -117,6 +117,10 @@ def check_unit(
     ctx = UnitContext(unit, s, knowledge, geometry_factory)
     kept: list[tuple[int, tuple[str, ...], frozenset[int]]] = []  # (pair index, dedup key, targets) of accepted
     for idx, raw in enumerate(pairs):
+        if idx >= s.max_pairs:  # one reject row with the count, not one row per surplus pair
+            out.rejected.append(RejectedPair(idx, parse.SCHEMA, f"{len(pairs) - idx} pairs beyond "
+                                             f"max_pairs={s.max_pairs} (pairs {idx}..{len(pairs) - 1})"))
+            break
         failed = _first_failure(idx, raw, task, ctx, kept)
         if failed is not None:
             subtype, instruction, answer, ids = parse.loose_fields(raw)

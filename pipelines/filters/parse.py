@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.columns import ANSWER_FIELDS, ANSWER_PAIRS, TASK_SUBTYPES
+from schemas.columns import ANSWER_FIELDS, ANSWER_PAIRS, TASK_SUBTYPES, is_int64
 
 UNPARSEABLE = "unparseable"
 TRUNCATED = "truncated"
@@ -109,6 +109,8 @@ def check_pair_schema(pair: Any, task: str) -> str | None:
     # bool is an int subclass in Python; `true` as an id is a malformed answer, not id 1.
     if not isinstance(ids, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
         return "'target_ids' is not a list of integers"
+    if not all(is_int64(i) for i in ids):  # a 20-digit id must reject this pair, not fail the build
+        return "'target_ids' has an id outside the 64-bit integer range"
     allowed = TASK_SUBTYPES[task]
     if pair["subtype"] not in allowed:
         return f"subtype {pair['subtype']!r} is not one of {list(allowed)} for task {task!r}"
@@ -124,5 +126,5 @@ def loose_fields(pair: Any) -> tuple[str | None, str | None, str | None, list[in
         return v if isinstance(v, str) else (None if v is None else json.dumps(v)[:500])
 
     ids = pair.get("target_ids")
-    ints = [i for i in ids if isinstance(i, int) and not isinstance(i, bool)] if isinstance(ids, list) else []
+    ints = [i for i in ids if is_int64(i)] if isinstance(ids, list) else []
     return _s(pair.get("subtype")), _s(pair.get("instruction")), _s(pair.get("answer")), ints

@@ -27,6 +27,7 @@ from pipelines.sources.readers import load_annotation_json
 from pipelines.sources.readers.segmentation import InvalidAnnotation, to_compressed_rle
 from pipelines.sources.resolve import SourceSpec
 from pipelines.storage import fs as storage
+from pipelines.storage import guard
 from pipelines.storage.fs import StorageSpec
 from schemas.columns import KIND_SAMPLES, SAMPLE_SCHEMA, TASKS
 from schemas.manifest import Manifest
@@ -260,18 +261,74 @@ def write_json(path: str, obj: Any) -> None:
         json.dump(obj, fh, ensure_ascii=False, separators=(",", ":"))
 
 
-def place_image(src_uri: str, dst: str, how: str, store: StorageSpec) -> None:
-    """Put the source image at `dst`: a symlink (local sources), a copy, or nothing."""
-    if how == "none":
-        return
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    tmp = f"{dst}.tmp-{os.getpid()}"
-    if how == "link" and not storage.is_s3(src_uri):
-        os.symlink(os.path.abspath(src_uri), tmp)
-    else:  # copy, or a link that cannot be made to an object in S3
-        with open(tmp, "wb") as fh:
-            fh.write(storage.read_bytes(src_uri, store))
-    os.replace(tmp, dst)  # re-exports replace the previous file or link atomically
+class ImagePlacer:
+    """Puts source images beside an export's records: a symlink, a copy, or nothing.
+
+    * only files under the sample's source images prefix (`guard.under_prefix`): a crafted
+      `image_uri` never copies a credentials file into the export;
+    * each source image is stored once: later samples of the same image get a hard link to the
+      first copy (an S3 source is downloaded once per image, not once per sample);
+    * an image whose EXIF orientation tag is not 1 is never linked or copied as is: LISA's
+      `cv2.imread` would rotate it while the masks are in stored pixel order. It is re-encoded from
+      the stored pixels without EXIF (`reencoded` counts them).
+    """
+
+    def __init__(self, how: str, store: StorageSpec) -> None:
+        self.how, self.store = how, store
+        self.first: dict[str, str] = {}  # source uri -> the export file holding its bytes
+        self.reencoded = 0
+
+    def place(self, src_uri: str, prefix: str, dst: str) -> None:
+        if self.how == "none":
+            return
+        src_uri = guard.under_prefix(src_uri, prefix)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        tmp = f"{dst}.tmp-{os.getpid()}"
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        if src_uri in self.first:
+            os.link(self.first[src_uri], tmp)
+        elif self.how == "link" and not storage.is_s3(src_uri) and not _rotated(src_uri):
+            os.symlink(src_uri, tmp)
+        else:  # copy, an S3 object, or an EXIF-rotated image (never linked)
+            data = storage.read_bytes(src_uri, self.store)
+            fixed = without_orientation(data)
+            self.reencoded += fixed is not data
+            with open(tmp, "wb") as fh:
+                fh.write(fixed)
+            self.first[src_uri] = dst
+        os.replace(tmp, dst)  # re-exports replace the previous file or link atomically
+
+
+def _rotated(path: str) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.getexif().get(0x0112, 1) not in (0, 1)
+    except OSError:
+        return False  # not an image Pillow reads: linked as is (the build decoded it already)
+
+
+def without_orientation(data: bytes) -> bytes:
+    """`data` unchanged unless it carries an EXIF orientation other than 1: then the stored pixels
+    re-encoded (same format) without EXIF, so every reader sees the frame the masks are in."""
+    import io
+
+    from PIL import Image
+
+    try:
+        img = Image.open(io.BytesIO(data))
+        if img.getexif().get(0x0112, 1) in (0, 1):
+            return data
+        fmt = img.format or "JPEG"
+        img.load()
+        out = io.BytesIO()
+        kwargs = {"quality": 95, "subsampling": 0} if fmt == "JPEG" else {}
+        img.save(out, format=fmt, **kwargs)  # no exif= argument: the tag is dropped
+        return out.getvalue()
+    except OSError:
+        return data
 
 
 def count_by(rows: list[dict[str, Any]], key: str) -> dict[str, int]:

@@ -29,6 +29,7 @@ from pipelines.consumers.exporters.common import (
     sentence,
     write_json,
 )
+from pipelines.storage import guard
 
 
 def refs_file_name(split_by: str) -> str:
@@ -80,7 +81,7 @@ def write(samples: list[dict[str, Any]], indexes: dict[str, SourceIndex], ctx: E
     for name, index in indexes.items():
         rows = [r for r in samples if r["source"] == name]
         refs = [make_ref(r, index, i, ctx.split) for i, r in enumerate(rows)]
-        folder = os.path.join(ctx.out_dir, name, "grefcoco")
+        folder = guard.inside(ctx.out_dir, guard.safe_name(name, "source name"), "grefcoco")
         inst = instances(refs, index, ctx.segmentation)
         write_json(os.path.join(folder, "instances.json"), inst)
         write_json(os.path.join(folder, refs_file_name(ctx.split_by)), refs)

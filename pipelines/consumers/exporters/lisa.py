@@ -22,13 +22,14 @@ from typing import Any
 
 from pipelines.consumers.exporters.common import (
     ExportContext,
+    ImagePlacer,
     SourceIndex,
     count_by,
     mask_rectangles,
-    place_image,
     rectangles_to_cv2_points,
     write_json,
 )
+from pipelines.storage import guard
 
 TARGET_LABEL = "target"
 
@@ -66,14 +67,17 @@ def make_record(r: dict[str, Any], index: SourceIndex) -> dict[str, Any]:
 
 
 def write(samples: list[dict[str, Any]], indexes: dict[str, SourceIndex], ctx: ExportContext) -> dict[str, Any]:
-    folder = os.path.join(ctx.out_dir, ctx.split)
+    folder = guard.inside(ctx.out_dir, guard.safe_name(ctx.split, "split"))
     explanatory = []
+    placer = ImagePlacer(ctx.images, ctx.store)
     for r in samples:
         rec = make_record(r, indexes[r["source"]])
-        write_json(os.path.join(folder, f"{r['sample_id']}.json"), rec)
-        place_image(r["image_uri"], os.path.join(folder, rec["image"]), ctx.images, ctx.store)
+        stem = guard.safe_name(str(r["sample_id"]), "sample_id")  # a crafted shard must not write outside --out
+        write_json(guard.inside(folder, f"{stem}.json"), rec)
+        placer.place(r["image_uri"], indexes[r["source"]].spec.images, guard.inside(folder, rec["image"]))
         explanatory.append({"image": rec["image"], "query": r["instruction"], "outputs": r["answer"]})
     write_json(os.path.join(ctx.out_dir, "explanatory", f"{ctx.split}.json"), explanatory)
     return {"files": [f"{ctx.split}/<sample_id>.json", f"explanatory/{ctx.split}.json"],
-            "records": len(samples), "images": ctx.images,
+            "records": len(samples), "images": ctx.images, "images_stored": len(placer.first),
+            "images_reencoded_without_exif_rotation": placer.reencoded,
             "no_target": sum(not r["target_ids"] for r in samples), "by_source": count_by(samples, "source")}

@@ -27,7 +27,8 @@ from pipelines.sources.readers.categories import (
 )
 from pipelines.sources.readers.segmentation import InvalidAnnotation, bbox_problem, to_compressed_rle
 from pipelines.storage import fs as storage
-from schemas.columns import IMAGE_SCHEMA
+from pipelines.storage import guard
+from schemas.columns import IMAGE_SCHEMA, is_int64
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,9 @@ def _checked_images(images: list[Any], uri: str) -> list[dict[str, Any]]:
     seen: set[int] = set()
     for i, img in enumerate(images):
         if not (isinstance(img, dict) and _is_int(img.get("id"))):
-            raise AnnotationFileError(f"{uri}: images[{i}] has no integer 'id'")
+            got = str(img.get("id") if isinstance(img, dict) else img)[:40]
+            raise AnnotationFileError(f"{uri}: images[{i}] has no integer 'id' (a whole number within "
+                                      f"the 64-bit range), got {got}")
         if img["id"] in seen:
             raise AnnotationFileError(f"{uri}: image id {img['id']} appears twice (images[{i}])")
         seen.add(img["id"])
@@ -176,6 +179,7 @@ def _image_row(img: dict[str, Any], anns: list[dict[str, Any]], ctx: _Context) -
         row["file_name"] = file_name
         _check_safe(file_name, img["id"])
         row["image_uri"] = f"{ctx.prefix}/{file_name}"
+        _check_link(ctx.prefix, row["image_uri"])
         width, height = _size(img)
         row["width"], row["height"] = width, height
         if not anns:
@@ -216,6 +220,12 @@ def _check_safe(file_name: str, image_id: int) -> None:
         raise InvalidAnnotation(
             "unsafe_path", f"unsafe file name {file_name!r} (absolute, a URL or '..': could escape the images prefix)"
         )
+
+
+def _check_link(prefix: str, uri: str) -> None:
+    why = guard.escapes_prefix(prefix, uri)  # a symlink in the images folder pointing outside it
+    if why:
+        raise InvalidAnnotation("unsafe_path", why)
 
 
 def _size(img: dict[str, Any]) -> tuple[int, int]:
@@ -330,4 +340,4 @@ def _category_names(img: dict[str, Any], key: str, ctx: _Context) -> list[str]:
 
 
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return is_int64(v)  # an id beyond int64 is as unusable as a missing one

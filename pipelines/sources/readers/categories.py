@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from schemas.columns import is_int64
+
 # LVIS disambiguates homonyms with a parenthesised suffix: "car_(automobile)", "bat_(animal)".
 _LVIS_SUFFIX = re.compile(r"_\([^)]*\)")
 # PACO's placeholder supercategories say only "object" / "part": no hierarchy information.
@@ -67,4 +69,4 @@ def parse_attribute_names(data: dict[str, Any], uri: str) -> dict[int, str | Non
 
 
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return is_int64(v)  # an id beyond int64 is as unusable as a missing one
