@@ -187,7 +187,7 @@ def _tiny(fmt: str) -> dict[str, Any]:
         images = [
             {
                 "id": i["id"],
-                "coco_url": f"http://host/x/{i['file_name']}",
+                "coco_url": f"http://host/images/{i['file_name']}",  # the COCO folder = the prefix
                 "width": 20,
                 "height": 10,
                 "neg_category_ids": [],

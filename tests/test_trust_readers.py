@@ -186,3 +186,34 @@ def test_annotation_ids_beyond_int64_name_the_file(tmp_path):
     path.write_text(json.dumps(doc))
     row = read_source("s", "coco", str(path), str(tmp_path)).to_pylist()[0]
     assert row["image_error"] == "bad_annotation"
+
+
+# ------------------------------------------------------------------ 3: LVIS v1 file names
+def test_lvis_v1_keeps_the_coco_folder_of_both_splits(tmp_path):
+    """LVIS val draws images from train2017 and val2017; with `images:` at the COCO root every image
+    must be found (the old rule kept only the last segment of coco_url: all `missing_image`)."""
+    root = tmp_path / "coco"
+    for split, name in (("train2017", "000000000009.jpg"), ("val2017", "000000000139.jpg")):
+        (root / split).mkdir(parents=True)
+        Image.new("RGB", (20, 10)).save(root / split / name)
+    sq = [2.0, 2.0, 8.0, 2.0, 8.0, 6.0, 2.0, 6.0]
+    doc = {"images": [
+        {"id": 9, "coco_url": "http://images.cocodataset.org/train2017/000000000009.jpg", "width": 20, "height": 10,
+         "neg_category_ids": [], "not_exhaustive_category_ids": []},
+        {"id": 139, "coco_url": "http://images.cocodataset.org/val2017/000000000139.jpg", "width": 20, "height": 10,
+         "neg_category_ids": [], "not_exhaustive_category_ids": []},
+        {"id": 5, "file_name": "val2017/000000000139.jpg", "coco_url": "http://x/other/ignored.jpg", "width": 20,
+         "height": 10, "neg_category_ids": [], "not_exhaustive_category_ids": []}],
+        "annotations": [{"id": i + 1, "image_id": iid, "category_id": 1, "segmentation": [sq], "area": 24.0,
+                         "bbox": [2, 2, 6, 4]} for i, iid in enumerate((9, 139, 5))],
+        "categories": [{"id": 1, "name": "cup", "synonyms": ["cup"], "frequency": "f"}]}
+    ann = tmp_path / "lvis_v1_val.json"
+    ann.write_text(json.dumps(doc))
+    rows = {r["image_id"]: r for r in read_source("lvis", "lvis", str(ann), str(root)).to_pylist()}
+    assert rows[9]["image_uri"] == f"{root}/train2017/000000000009.jpg"
+    assert rows[139]["image_uri"] == f"{root}/val2017/000000000139.jpg"
+    assert rows[5]["file_name"] == "val2017/000000000139.jpg"  # file_name wins when present
+    assert all(os.path.exists(r["image_uri"]) for r in rows.values())
+    # `images:` pointing at the split folder itself (older configs) still finds that split's images.
+    rows = {r["image_id"]: r for r in read_source("lvis", "lvis", str(ann), str(root / "train2017")).to_pylist()}
+    assert rows[9]["image_uri"] == f"{root}/train2017/000000000009.jpg"

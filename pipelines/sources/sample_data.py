@@ -38,7 +38,7 @@ from pipelines.sources.sample_shapes import (  # noqa: F401 - the vocabulary sta
     _pieces,
 )
 
-SAMPLE_VERSION = 1
+SAMPLE_VERSION = 2  # 2: coco_url names the images folder (the LVIS file-name rule keeps it)
 MARKER_NAME = ".groundv_sample.json"
 
 def ensure_sample_dataset(root: str, num_images: int = 24, seed: int = 0) -> list[dict[str, str]]:
@@ -175,7 +175,8 @@ def _poly_bbox(polys: list[list[float]]) -> list[float]:
 
 def _image_entry(s: dict[str, Any]) -> dict[str, Any]:
     return {"id": s["id"], "file_name": s["file_name"], "width": s["width"], "height": s["height"], "license": 1,
-            "coco_url": f"http://images.cocodataset.org/sample2017/{s['file_name']}",
+            # The COCO layout: <root>/<folder>/<file>; the sample's folder is `images`, its prefix.
+            "coco_url": f"http://images.cocodataset.org/images/{s['file_name']}",
             "date_captured": "2017-01-01 00:00:00"}
 
 

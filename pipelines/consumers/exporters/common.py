@@ -23,7 +23,7 @@ from pycocotools import mask as mask_utils
 
 from pipelines.consumers.dataset import to_arrow_dataset
 from pipelines.core.masks import merge_rles
-from pipelines.sources.readers import load_annotation_json
+from pipelines.sources.readers import image_file_name, load_annotation_json
 from pipelines.sources.readers.segmentation import InvalidAnnotation, to_compressed_rle
 from pipelines.sources.resolve import SourceSpec
 from pipelines.storage import fs as storage
@@ -81,14 +81,6 @@ class SourceIndex:
         return self._rles[ann_id]
 
 
-def _file_name(img: dict[str, Any], fmt: str) -> str:
-    # The reader's rule (pipelines/sources/readers/annotations.py): LVIS v1 images name their file only in
-    # coco_url, and that name wins, so sample image_uri == <images prefix>/<file_name> for every format.
-    if fmt == "lvis" and isinstance(img.get("coco_url"), str):
-        return img["coco_url"].rstrip("/").rsplit("/", 1)[-1]
-    return img["file_name"]
-
-
 def load_source_index(spec: SourceSpec, image_ids: set[int], store: StorageSpec) -> SourceIndex:
     """Parse the source's annotation JSON once and keep only the images the samples use."""
     data = load_annotation_json(spec.annotations, store.options_for(spec.annotations))
@@ -96,7 +88,7 @@ def load_source_index(spec: SourceSpec, image_ids: set[int], store: StorageSpec)
     for img in data["images"]:
         if img.get("id") in image_ids:
             entry = dict(img)
-            entry["file_name"] = _file_name(img, spec.format)
+            entry["file_name"] = image_file_name(img, spec.format, spec.images)
             images[img["id"]] = entry
     anns_by_image: dict[int, list[dict[str, Any]]] = {i: [] for i in images}
     anns: dict[int, dict[str, Any]] = {}

@@ -15,6 +15,7 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlparse
 
 import pyarrow as pa
 from pycocotools import mask as mask_utils
@@ -175,7 +176,7 @@ def _image_row(img: dict[str, Any], anns: list[dict[str, Any]], ctx: _Context) -
         "image_error_detail": None,
     }
     try:
-        file_name = _file_name(img, ctx.fmt)
+        file_name = image_file_name(img, ctx.fmt, ctx.prefix)
         row["file_name"] = file_name
         _check_safe(file_name, img["id"])
         row["image_uri"] = f"{ctx.prefix}/{file_name}"
@@ -196,14 +197,26 @@ def _image_row(img: dict[str, Any], anns: list[dict[str, Any]], ctx: _Context) -
     return row
 
 
-def _file_name(img: dict[str, Any], fmt: str) -> str:
-    # LVIS v1 images carry no file_name: the file is the last segment of coco_url.
-    if fmt == "lvis" and isinstance(img.get("coco_url"), str):
-        return img["coco_url"].rstrip("/").rsplit("/", 1)[-1]
+def image_file_name(img: dict[str, Any], fmt: str, prefix: str) -> str:
+    """The image's file name relative to the source's images prefix (the one rule; exports use it too).
+
+    `file_name` wins when present. LVIS v1 entries carry only `coco_url`
+    (`http://images.cocodataset.org/train2017/000000391895.jpg`): the name keeps its COCO folder
+    (`train2017/...`, `val2017/...`: LVIS val draws images from both), so `images:` is the COCO root.
+    An `images:` that is itself that folder (`.../train2017`) still works: the folder is not repeated.
+    """
     name = img.get("file_name")
-    if not isinstance(name, str):
-        raise InvalidAnnotation("bad_image", "no file name")
-    return name
+    if isinstance(name, str) and name:
+        return name
+    url = img.get("coco_url") if fmt == "lvis" else None
+    if not isinstance(url, str) or not url.strip("/"):
+        raise InvalidAnnotation("bad_image", "no file name (neither file_name nor an LVIS coco_url)")
+    path = urlparse(url).path if "://" in url else url
+    parts = [p for p in path.split("/") if p]
+    folder, base = (parts[-2] if len(parts) >= 2 else ""), parts[-1]
+    if not folder or prefix.rstrip("/").rsplit("/", 1)[-1] == folder:
+        return base
+    return f"{folder}/{base}"
 
 
 def _check_safe(file_name: str, image_id: int) -> None:
