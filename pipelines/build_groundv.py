@@ -40,6 +40,7 @@ from pipelines.build.verify import VerifyResult, image_lookup, verify_plan, veri
 from pipelines.config import ConfigError, config_hash, load_config, parse_args, resolved  # noqa: E402
 from pipelines.core.knowledge import load_knowledge  # noqa: E402
 from pipelines.core.secrets import scrub  # noqa: E402
+from pipelines.exits import run  # noqa: E402
 from pipelines.filters.settings import filter_version  # noqa: E402
 from pipelines.sources.readers import AnnotationFileError  # noqa: E402
 from pipelines.sources.resolve import load_exclusions, load_images, resolve_sources  # noqa: E402
@@ -292,6 +293,11 @@ def normalized(uris: dict[str, str]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The build CLI: any failure (Ctrl-C, SIGTERM included) becomes a message and an exit code."""
+    return run("groundv", lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
@@ -305,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     wall_start = time.monotonic()
     try:
         first, ledger, current, receipts = plan(ctx, own)
-    except (AnnotationFileError, FileNotFoundError) as exc:  # bad input files: before the stream
+    except (AnnotationFileError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:  # bad input
         print(f"groundv: input error: {scrub(str(exc))}", file=sys.stderr)
         return 2
     except StorageError as exc:  # the store failed while planning: nothing was written

@@ -221,9 +221,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Build a Ground-V grounding dataset: plan -> stream -> commit.",
     )
     p.add_argument("--config", action="append", default=[], help="YAML config file (repeatable)")
+    p.add_argument("--output", help="output uri (same as output.uri=...)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.limit=8")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.output:
+        args.overrides.append(f"output.uri={args.output}")
+    return args
 
 
 def load_config(config_files: list[str], overrides: list[str]) -> GroundVConfig:
@@ -234,10 +238,18 @@ def load_config(config_files: list[str], overrides: list[str]) -> GroundVConfig:
     for path in [DEFAULT_CONFIG, *config_files]:
         if not os.path.exists(path):
             raise ConfigError(f"config file not found: {path}")
+        if os.path.isdir(path):
+            raise ConfigError(f"config file {path} is a directory, expected a YAML file")
         try:
-            layers.append((path, OmegaConf.load(path)))
+            layer = OmegaConf.load(path)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from None
+        if not isinstance(layer, DictConfig):  # a list or a scalar at the top level
+            raise ConfigError(f"{path}: the top level must be a mapping of settings (key: value), "
+                              f"not a {'list' if OmegaConf.is_list(layer) else type(layer).__name__}")
+        layers.append((path, layer))
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"overrides must be key=value, got {bad[0]!r}")

@@ -3,6 +3,7 @@
 
     python pipelines/cli/export.py FORMAT --out DIR [--version N] [--output URI] [--config FILE]
                                [--task T ...] [--split NAME] [--segmentation MODE] [--images HOW]
+                               [key=value ...]
 
 FORMAT: grefcoco (refs + COCO instances per source, for GRES/ReLA and LISA's gRefCOCO loader),
 lisa (LISA's ReasonSeg layout), psalm (PSALM's referring JSON). See docs/exports.md.
@@ -22,8 +23,8 @@ from typing import Any
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from pipelines.config import ConfigError, load_config  # noqa: E402
-from pipelines.consumers.dataset import VersionNotFound, load_manifest, normalize_output  # noqa: E402
+from pipelines.cli.common import common_parent, load, run, split_overrides  # noqa: E402
+from pipelines.consumers.dataset import load_manifest, normalize_output  # noqa: E402
 from pipelines.consumers.exporters import WRITERS  # noqa: E402
 from pipelines.consumers.exporters.common import (  # noqa: E402
     SEGMENTATION_MODES,
@@ -107,12 +108,15 @@ def _check_out_dir(out_dir: str, force: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="export.py", description=__doc__.split("\n\n")[0])
+    return run("export", lambda: _main(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: list[str]) -> int:
+    argv, overrides = split_overrides(argv)
+    ap = argparse.ArgumentParser(prog="export.py", description=__doc__.split("\n\n")[0], parents=[common_parent()])
     ap.add_argument("format", choices=sorted(WRITERS))
     ap.add_argument("--out", required=True, help="local folder to write into (empty or new)")
     ap.add_argument("--version", type=int, help="manifest version (default: the latest)")
-    ap.add_argument("--output", help="output uri of the build (default: the config's output.uri)")
-    ap.add_argument("--config", action="append", default=[])
     ap.add_argument("--task", action="append", dest="tasks", help="only this task (repeatable)")
     ap.add_argument("--split", default="train", help="split name written into the refs / file names")
     ap.add_argument("--split-by", default="unc", help="grefcoco: refs file grefs(<split-by>).json")
@@ -121,19 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", default="link", choices=IMAGE_MODES, help="lisa: how images go beside the json")
     ap.add_argument("--force", action="store_true", help="write into a non-empty --out")
     args = ap.parse_args(argv)
-    try:
-        cfg = load_config(args.config, [])
-    except ConfigError as exc:
-        print(f"export: configuration error: {exc}", file=sys.stderr)
-        return 2
-    store = StorageSpec(cfg.storage.endpoint_url, cfg.storage.retries)
-    try:
-        receipt = export(args.format, args.output or cfg.output.uri, args.out, version=args.version,
-                         tasks=args.tasks, split=args.split, segmentation=args.segmentation, images=args.images,
-                         split_by=args.split_by, store=store, force=args.force)
-    except (ExportError, VersionNotFound) as exc:
-        print(f"export: {exc}", file=sys.stderr)
-        return 1
+    _, store, output = load(args, overrides)
+    receipt = export(args.format, output, args.out, version=args.version,
+                     tasks=args.tasks, split=args.split, segmentation=args.segmentation, images=args.images,
+                     split_by=args.split_by, store=store, force=args.force)
     print(f"exported v{receipt['manifest']['version']} of {receipt['output']} as {args.format}: "
           f"{receipt['samples']} samples {receipt['by_task']} -> {os.path.abspath(args.out)}")
     return 0

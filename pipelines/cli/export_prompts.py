@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Write the teacher prompts of the planned units as JSONL, for any external batch system.
 
-    python pipelines/cli/export_prompts.py [--config FILE] [key=value ...] --out prompts.jsonl [--all]
+    python pipelines/cli/export_prompts.py [--config FILE] [--output URI] [key=value ...] --out prompts.jsonl [--all]
                                        [--inline-images]
 
 One line per unit: gen_key, image_id, source, task, the chat `messages` (the image as a reference
@@ -35,7 +35,8 @@ from pipelines.build.stages.images import decode_image, fit_to_budget  # noqa: E
 from pipelines.build.stages.verify_images import verifier_image_urls  # noqa: E402
 from pipelines.build.verify import image_lookup, read_rows, stored_verdicts  # noqa: E402
 from pipelines.build_groundv import BuildContext, plan  # noqa: E402
-from pipelines.config import ConfigError, grid_factor, load_config  # noqa: E402
+from pipelines.cli.common import common_parent, run, split_overrides  # noqa: E402
+from pipelines.config import grid_factor, load_config  # noqa: E402
 from pipelines.core.object_table import build_object_table  # noqa: E402
 from pipelines.storage import fs as storage  # noqa: E402
 from pipelines.storage.output import latest_manifest  # noqa: E402
@@ -115,26 +116,28 @@ def verify_lines(ctx: BuildContext, all_pairs: bool, inline_images: bool) -> Ite
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="export_prompts.py", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", action="append", default=[])
+    return run("export_prompts", lambda: _main(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: list[str]) -> int:
+    argv, overrides = split_overrides(argv)
+    ap = argparse.ArgumentParser(prog="export_prompts.py", description=__doc__.split("\n\n")[0],
+                                 parents=[common_parent()])
     ap.add_argument("--out", required=True, help="JSONL file to write")
     ap.add_argument("--all", action="store_true", help="every planned unit, not only those to generate")
     ap.add_argument("--inline-images", action="store_true", help="embed images as data: URLs")
     ap.add_argument("--verify", action="store_true", help="export the verifier's requests for stored pairs")
-    ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
-    overrides = list(args.overrides)
+    if getattr(args, "output", None):
+        overrides.append(f"output.uri={args.output}")
     if any(o.startswith("teacher.backend=replay") for o in overrides) and \
             not any(o.startswith("teacher.responses=") for o in overrides):
         overrides.append("teacher.responses=(not needed to export)")  # the answers don't exist yet
     if any(o.startswith("verify.backend=replay") for o in overrides) and \
             not any(o.startswith("verify.verdicts=") for o in overrides):
         overrides.append("verify.verdicts=(not needed to export)")
-    try:
-        ctx = BuildContext(load_config(args.config, overrides), validate_teacher=False, dry_run=True)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        print(f"export_prompts: configuration error: {exc}", file=sys.stderr)
-        return 2
+    ctx = BuildContext(load_config(getattr(args, "config", []) or [], overrides), validate_teacher=False,
+                       dry_run=True)
     if args.verify:
         n = 0
         with open(args.out, "w") as fh:

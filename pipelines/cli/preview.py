@@ -21,6 +21,7 @@ import argparse
 import base64
 import html
 import io
+import os
 import random
 import sys
 from typing import Any, Sequence
@@ -28,7 +29,7 @@ from typing import Any, Sequence
 import pyarrow.parquet as pq  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipelines.config import ConfigError, load_config  # noqa: E402
+from pipelines.cli.common import NotFound, common_parent, load, run, split_overrides  # noqa: E402
 from pipelines.consumers.cards import (  # noqa: E402, F401 - re-exported for callers of the preview
     NO_TARGET,
     Item,
@@ -45,7 +46,7 @@ from pipelines.consumers.render import RGB, TASK_COLOURS, Card, SheetLayout, con
 from pipelines.storage import fs as storage  # noqa: E402
 from pipelines.storage import guard  # noqa: E402
 from pipelines.storage.fs import StorageSpec  # noqa: E402
-from pipelines.storage.output import list_versions, load_manifest, output_of  # noqa: E402
+from pipelines.storage.output import list_versions, load_manifest  # noqa: E402
 from schemas.columns import KIND_REJECTS, KIND_SAMPLES, TASKS  # noqa: E402
 from schemas.manifest import Manifest  # noqa: E402
 
@@ -198,9 +199,12 @@ def collect(output: str, m: Manifest, kind: str, tasks: Sequence[str], n: int, s
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="preview.py", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--output", help="output uri (default: the config's output.uri)")
-    ap.add_argument("--config", action="append", default=[])
+    return run("preview", lambda: _main(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: list[str]) -> int:
+    argv, overrides = split_overrides(argv)
+    ap = argparse.ArgumentParser(prog="preview.py", description=__doc__.split("\n\n")[0], parents=[common_parent()])
     ap.add_argument("--version", type=int, help="manifest version (default: the latest)")
     ap.add_argument("--task", choices=TASKS, help="only this task")
     ap.add_argument("--n", type=int, default=24, help="number of cards")
@@ -215,20 +219,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not args.out and not args.png:
         ap.error("give --out FILE.html and/or --png FILE.png")
-    try:
-        cfg = load_config(args.config, [])
-    except ConfigError as exc:
-        print(f"preview: configuration error: {exc}", file=sys.stderr)
-        return 2
-    store, output = output_of(cfg, args.output)
+    for target in (args.out, args.png):  # before any work: a missing folder is a usage error
+        if target and not os.path.isdir(os.path.dirname(os.path.abspath(target))):
+            raise FileNotFoundError(2, "the folder to write into does not exist", target)
+    _, store, output = load(args, overrides)
     versions = list_versions(output, store)
     if not versions:
-        print(f"preview: no versions under {output}", file=sys.stderr)
-        return 1
+        raise NotFound(f"no versions under {output} (nothing committed there yet)")
     version = args.version or versions[-1]
     if version not in versions:
-        print(f"preview: no version {version} under {output} (have {versions})", file=sys.stderr)
-        return 1
+        raise NotFound(f"no version {version} under {output} (have {versions})")
     m = load_manifest(output, version, store)
     kind = KIND_REJECTS if args.rejects else KIND_SAMPLES
     tasks = [args.task] if args.task else list(TASKS)

@@ -92,7 +92,12 @@ def verify_shards(manifest: Manifest, output: str, kind: str, task: str | None, 
     """Each shard's bytes hash to the manifest's sha256 (one read per shard, in parallel): a shard
     altered or replaced after the commit is refused instead of read as the version's data."""
     def one(entry: Any) -> None:
-        guard.verify_sha256(storage.read_bytes(guard.shard_uri(output, entry.path), store), entry.sha256, entry.path)
+        try:
+            data = storage.read_bytes(guard.shard_uri(output, entry.path), store)
+        except FileNotFoundError:
+            raise VersionNotFound(f"version {manifest.version} names shard {entry.path}, which no longer exists "
+                                  "(deleted by manifest.py gc --keep?); use a newer version") from None
+        guard.verify_sha256(data, entry.sha256, entry.path)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(one, manifest.shards_of(kind, task)))
