@@ -193,7 +193,7 @@ class CostConfig:
 
 @dataclass
 class CommitConfig:
-    # A version that keeps less than (1 - max_shrink) of the previous version's samples is refused
+    # A version that keeps less than (1 - max_shrink) of the previous version's units is refused
     # unless allow_shrink=true: a config slip (data.limit=0, tasks=[], a sources list that forgot the
     # old sources) must not silently become the latest version (docs/reliability.md).
     allow_shrink: bool = False

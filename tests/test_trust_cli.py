@@ -15,13 +15,15 @@ import pytest
 from tests.test_trust_ops import build_cmd, env_for, receipt_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLI = {n: os.path.join(ROOT, "pipelines", "cli", f"{n}.py") for n in ("manifest", "export", "preview", "export_prompts")}
+CLI = {n: os.path.join(ROOT, "pipelines", "cli", f"{n}.py")
+       for n in ("manifest", "export", "preview", "export_prompts")}
 BUILD = os.path.join(ROOT, "pipelines", "build_groundv.py")
 
 
 def cli(name: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, BUILD if name == "build" else CLI[name], *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env or {**os.environ, "PYTHONPATH": ROOT})
+    env = env or {**os.environ, "PYTHONPATH": ROOT}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 
 
 @pytest.fixture(scope="module")

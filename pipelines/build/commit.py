@@ -21,7 +21,7 @@ from pipelines.build.stages.shards import parquet_bytes, shard_path
 from pipelines.storage import fs as storage
 from pipelines.storage.fs import StorageSpec
 from pipelines.storage.output import Ledger, manifest_uri
-from schemas.columns import KIND_SAMPLES
+from schemas.columns import KIND_RAW
 from schemas.manifest import Manifest, ShardEntry
 
 
@@ -44,14 +44,19 @@ def check_shards_exist(output: str, shards: list[ShardEntry], store: StorageSpec
 
 
 def check_shrink(previous: Manifest | None, shards: list[ShardEntry], allow: bool, max_shrink: float) -> None:
-    """Refuse a version that keeps less than (1 - max_shrink) of the previous version's samples."""
+    """Refuse a version that keeps less than (1 - max_shrink) of the previous version's units.
+
+    Counted in units (raw rows: one per image x task, i.e. the samples of one unit), not sample
+    rows: a config slip drops units, while tightening the filters keeps every unit and may
+    legitimately reject most pairs.
+    """
     if previous is None or allow:
         return
-    before = sum(s.rows for s in previous.shards if s.kind == KIND_SAMPLES)
-    after = sum(s.rows for s in shards if s.kind == KIND_SAMPLES)
+    before = sum(s.rows for s in previous.shards if s.kind == KIND_RAW)
+    after = sum(s.rows for s in shards if s.kind == KIND_RAW)
     if before and after < before * (1.0 - max_shrink):
         raise CommitRefused(
-            f"the new version would keep {after} of the {before} samples of v{previous.version:06d} "
+            f"the new version would keep {after} of the {before} units (image x task) of v{previous.version:06d} "
             f"(drops {100 * (before - after) / before:.0f}%, more than commit.max_shrink={max_shrink}); "
             "nothing committed. Check data.limit, tasks and data.sources; if the drop is intended, re-run "
             "with commit.allow_shrink=true (the work done so far is kept and not paid for again)")
