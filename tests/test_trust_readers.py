@@ -217,3 +217,22 @@ def test_lvis_v1_keeps_the_coco_folder_of_both_splits(tmp_path):
     # `images:` pointing at the split folder itself (older configs) still finds that split's images.
     rows = {r["image_id"]: r for r in read_source("lvis", "lvis", str(ann), str(root / "train2017")).to_pylist()}
     assert rows[9]["image_uri"] == f"{root}/train2017/000000000009.jpg"
+
+
+# ------------------------------------------------------------------ 13: category names
+def test_unicode_absent_category_in_a_hallucination_pair_is_accepted():
+    unit = {**coco_unit("hallucination"), "absent_categories": ["寿司", "Pokémon plush"]}
+    for name in ("寿司", "Pokémon plush"):
+        pair = {"instruction": f"the {name} on the plate", "answer": f"There is no {name}.",
+                "target_ids": [], "subtype": "object"}
+        res = check_unit(unit, json.dumps({"pairs": [pair]}), "stop", FilterSettings(), load_knowledge())
+        assert len(res.accepted) == 1, (name, res.rejected)
+
+
+def test_colon_in_a_coco_category_is_not_a_paco_part(tmp_path):
+    doc = _coco(["a.png"])
+    doc["categories"][0]["name"] = "sign: stop"
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(doc))
+    obj = read_source("s", "coco", str(path), str(tmp_path)).to_pylist()[0]["objects"][0]
+    assert obj["is_part"] is False and obj["name"] == "sign: stop"

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 from pipelines.core.knowledge import normalize, regular_plural
 
-_NON_WORD = re.compile(r"[^a-z0-9]+")
+_NON_WORD = re.compile(r"[\W_]+")  # any non-letter/digit, Unicode-aware: "寿司" and "crème" are words
 _POSSESSIVE = re.compile(r"'s\b|’s\b")
 # Tokens a near-duplicate comparison ignores: "Segment the dogs." == "find all the dogs in this
 # image" is not a new instruction, but "left" vs "right" must still differ.
@@ -31,7 +31,9 @@ _DUP_STOPWORDS = frozenset(
 
 def tokens(text: str) -> list[str]:
     """Lower-case word tokens; possessive 's dropped, hyphens and punctuation split words."""
-    t = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii").lower()
+    # Accents are dropped ("crème" == "creme"); letters of any script are kept (an ASCII-only
+    # tokenizer turned a category like "寿司" into no word at all).
+    t = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).lower()
     t = _POSSESSIVE.sub("", t)
     return [w for w in _NON_WORD.split(t) if w]
 
@@ -131,9 +133,12 @@ class Lexicon:
                 continue
             got = self._unknown_terms.get(c)
             if got is None:
-                got = {c: Term(frozenset({c}), False)}
-                p = regular_plural(c)
-                if p != c:
+                key = " ".join(tokens(c))  # the form instructions are matched in (accents folded)
+                if not key:
+                    continue
+                got = {key: Term(frozenset({c}), False)}
+                p = regular_plural(key)
+                if p != key:
                     got[p] = Term(frozenset({c}), True)
                 self._unknown_terms[c] = got
             for t, term in got.items():

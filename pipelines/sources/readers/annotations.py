@@ -100,7 +100,7 @@ def read_source(
     if fmt not in FORMATS:
         raise ValueError(f"unknown annotation format {fmt!r}; expected one of: {', '.join(FORMATS)}")
     data = load_annotation_json(annotations_uri, storage_options, retries)
-    cats = parse_categories(data, annotations_uri)
+    cats = parse_categories(data, annotations_uri, fmt)
     images = _checked_images(data["images"], annotations_uri)
     by_image, duplicates = _group_annotations(data["annotations"], {img["id"] for img in images})
     ctx = _Context(

@@ -33,8 +33,10 @@ class Category:
     is_part: bool
 
 
-def parse_categories(data: dict[str, Any], uri: str) -> dict[int, Category]:
-    """The file's categories by id; malformed entries make the whole file unusable."""
+def parse_categories(data: dict[str, Any], uri: str, fmt: str = "paco") -> dict[int, Category]:
+    """The file's categories by id; malformed entries make the whole file unusable.
+
+    Only PACO names parts "object:part"; in a COCO or LVIS file a `:` is part of the name."""
     cats: dict[int, Category] = {}
     for i, c in enumerate(data["categories"]):
         if not (isinstance(c, dict) and _is_int(c.get("id")) and isinstance(c.get("name"), str)):
@@ -44,7 +46,7 @@ def parse_categories(data: dict[str, Any], uri: str) -> dict[int, Category]:
         raw = c["name"]
         sup = c.get("supercategory")
         sup = sup if isinstance(sup, str) and sup and sup not in _PLACEHOLDER_SUPERCATEGORIES else None
-        if ":" in raw:  # PACO object-part category "object:part"
+        if fmt == "paco" and ":" in raw:  # PACO object-part category "object:part"
             obj, part = raw.split(":", 1)
             name = clean_name(part)
             cats[c["id"]] = Category(c["id"], raw, name, f"{clean_name(obj)} {name}", sup, True)
