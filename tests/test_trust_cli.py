@@ -44,7 +44,7 @@ def bad_operations(out: str, tmp: Path) -> list[tuple[str, tuple[str, ...], int,
         ("manifest", ("--output", out, "show", "1"), 0, "version 1"),
         ("manifest", ("show", "--output", out, "data.limit=3"), 0, "version 1"),  # key=value + option after
         ("manifest", ("gc", "--keep", "0", "--output", out), 2, "--keep must be >= 1"),
-        ("manifest", ("show", "--output", str(tmp / "none")), 1, "no committed version"),
+        ("manifest", ("show", "--output", str(tmp / "none")), 1, "no versions under"),
         ("manifest", ("show", "--output", "gs://b/x"), 2, "not supported"),
         ("manifest", ("show", "--config", str(tmp / "list.yaml")), 2, "must be a mapping"),
         ("export", ("lisa", "--out", str(tmp / "e1"), "--output", out, "--version", "9"), 1, "version 9 not found"),

@@ -104,7 +104,7 @@ def _main(argv: list[str]) -> int:
     _, store, output = load(args, overrides)
     versions = list_versions(output, store)
     if not versions:
-        raise NotFound(f"no committed version under {output}")
+        raise NotFound(f"no versions under {output} (nothing committed there yet)")
 
     def version(v: int) -> Manifest:
         if v not in versions:
