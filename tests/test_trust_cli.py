@@ -76,8 +76,8 @@ def test_every_cli_answers_bad_operations_with_a_message_and_the_table_exit_code
 def test_exporting_a_garbage_collected_version_says_so(ray_session, sample_dir, built, tmp_path):
     out = str(tmp_path / "o")
     env = env_for(ray_session)
-    for extra in ("data.limit=4", "data.limit=6"):
-        assert subprocess.run(build_cmd(str(sample_dir), out, extra), env=env, capture_output=True,
+    for extra in ("teacher.pairs_per_unit=3", "teacher.pairs_per_unit=2"):  # v2 regenerates every unit
+        assert subprocess.run(build_cmd(str(sample_dir), out, "data.limit=4", extra), env=env, capture_output=True,
                               timeout=600).returncode == 0
     assert cli("manifest", "gc", "--keep", "1", "--delete", "--grace-s", "0", "--output", out).returncode == 0
     r = cli("export", "lisa", "--out", str(tmp_path / "e"), "--output", out, "--version", "1", "--images", "none")
