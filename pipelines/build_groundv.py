@@ -40,7 +40,7 @@ from pipelines.build.verify import VerifyResult, image_lookup, verify_plan, veri
 from pipelines.config import ConfigError, config_hash, load_config, parse_args, resolved  # noqa: E402
 from pipelines.core.knowledge import load_knowledge  # noqa: E402
 from pipelines.core.secrets import scrub  # noqa: E402
-from pipelines.exits import run  # noqa: E402
+from pipelines.exits import install_sigterm, run  # noqa: E402
 from pipelines.filters.settings import filter_version  # noqa: E402
 from pipelines.sources.readers import AnnotationFileError  # noqa: E402
 from pipelines.sources.resolve import load_exclusions, load_images, resolve_sources  # noqa: E402
@@ -111,6 +111,7 @@ def stream(ctx: BuildContext, p: Plan, ledger: Ledger, progress: Progress) -> se
     from pipelines.build.stream import build_refilter_stream, build_stream, init_ray, iter_receipts, stage_stats
 
     init_ray(ctx.cfg)
+    install_sigterm()  # after ray.init: Ray's own SIGTERM handler dumps a C++ stack and exits -6
     batches: set[str] = set()
     if p.units_to_generate:
         ds = build_stream(p, ctx.teacher, ctx.cfg, ctx.store, ctx.build_id)

@@ -67,6 +67,15 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+def install_sigterm() -> None:
+    """(Re)install our SIGTERM handler. Call after ray.init(): Ray's core worker installs a C++
+    failure-signal handler that turns SIGTERM into a stack dump and exit -6."""
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        pass
+
+
 def run(tool: str, fn: Callable[[], int]) -> int:
     """Run a CLI body: SIGTERM unwinds like Ctrl-C; any failure -> `tool: message` + exit code."""
     previous = None
