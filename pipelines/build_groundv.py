@@ -40,7 +40,7 @@ from pipelines.build.verify import VerifyResult, image_lookup, verify_plan, veri
 from pipelines.config import ConfigError, config_hash, load_config, parse_args, resolved  # noqa: E402
 from pipelines.core.knowledge import load_knowledge  # noqa: E402
 from pipelines.core.secrets import scrub  # noqa: E402
-from pipelines.exits import install_sigterm, run  # noqa: E402
+from pipelines.exits import install_sigterm, interrupted, run  # noqa: E402
 from pipelines.filters.settings import filter_version  # noqa: E402
 from pipelines.sources.readers import AnnotationFileError  # noqa: E402
 from pipelines.sources.resolve import load_exclusions, load_images, resolve_sources  # noqa: E402
@@ -350,6 +350,8 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - the one place that turns any failure into a clear exit
+        if interrupted():  # Ctrl-C / SIGTERM surfaced as Ray's own error: say "interrupted"
+            raise
         print(failure_message(exc, ctx.output, start_version), file=sys.stderr)
         return 4
     print_summary(m, manifest_uri(ctx.output, m.version), first)

@@ -63,8 +63,28 @@ def exit_code(exc: BaseException) -> tuple[int, str]:
     return EXIT_FAILED, f"failed: {type(exc).__name__}: {exc} (set GROUNDV_DEBUG=1 for the traceback)"
 
 
+_SIGNALLED: list[int] = []  # signals received during this run (Ray may wrap the exception they raise)
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
+    _SIGNALLED.append(signum)
     raise Terminated()
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    _SIGNALLED.append(signum)
+    raise KeyboardInterrupt()
+
+
+def interrupted() -> BaseException | None:
+    """Terminated / KeyboardInterrupt when a signal arrived during this run, else None: a failure
+    that follows a signal (Ray Data reports the interrupted execution as its own error) is the
+    interruption, not a failure of the work."""
+    if signal.SIGTERM in _SIGNALLED:
+        return Terminated()
+    if signal.SIGINT in _SIGNALLED:
+        return KeyboardInterrupt()
+    return None
 
 
 def install_sigterm() -> None:
@@ -72,6 +92,7 @@ def install_sigterm() -> None:
     failure-signal handler that turns SIGTERM into a stack dump and exit -6."""
     try:
         signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGINT, _on_sigint)
     except ValueError:  # not the main thread (embedded use): leave signals alone
         pass
 
@@ -79,8 +100,9 @@ def install_sigterm() -> None:
 def run(tool: str, fn: Callable[[], int]) -> int:
     """Run a CLI body: SIGTERM unwinds like Ctrl-C; any failure -> `tool: message` + exit code."""
     previous = None
+    _SIGNALLED.clear()
     try:
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        previous = (signal.signal(signal.SIGTERM, _on_sigterm), signal.signal(signal.SIGINT, _on_sigint))
     except ValueError:  # not the main thread (embedded use): leave signals alone
         pass
     try:
@@ -90,13 +112,14 @@ def run(tool: str, fn: Callable[[], int]) -> int:
     except BaseException as exc:  # noqa: BLE001 - the one place that turns failures into messages
         if os.environ.get("GROUNDV_DEBUG"):
             traceback.print_exc()
-        code, msg = exit_code(exc)
+        code, msg = exit_code(interrupted() or exc)
         print(f"{tool}: {scrub(msg)}", file=sys.stderr)
         _stop_local_ray()
         return code
     finally:
         if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGTERM, previous[0])
+            signal.signal(signal.SIGINT, previous[1])
 
 
 def _stop_local_ray() -> None:
