@@ -303,7 +303,8 @@ def test_cli_errors(build, tmp_path, capsys):
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "old.json").write_text("{}")
-    assert export_main(["psalm", "--out", str(busy), "--output", out]) == 1
+    # a refusal (nothing written) is exit code 2 in every CLI (docs/reliability.md, "Exit codes"); was 1 here
+    assert export_main(["psalm", "--out", str(busy), "--output", out]) == 2
     assert "not empty" in capsys.readouterr().err
     assert export_main(["psalm", "--out", str(busy), "--output", out, "--force"]) == 0
     shutil.rmtree(busy)
