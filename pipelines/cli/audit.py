@@ -21,6 +21,7 @@ from collections import Counter
 from typing import Any
 
 from pipelines.config import ConfigError, load_config
+from pipelines.exits import run as run_cli
 from pipelines.quality.store import AuditError, check_name
 from pipelines.storage.fs import StorageError
 from pipelines.storage.output import output_of
@@ -106,6 +107,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The shared error layer (pipelines/exits.py): no traceback, the exit-code table, Ctrl-C hint.
+    return run_cli("audit", lambda: _main(argv))
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if getattr(args, "auditor", "x") is None:
         args.auditor = getpass.getuser() or "auditor"

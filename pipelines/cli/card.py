@@ -13,12 +13,18 @@ import argparse
 import sys
 
 from pipelines.config import ConfigError, load_config
+from pipelines.exits import run as run_cli
 from pipelines.quality.store import AuditError
 from pipelines.storage.fs import StorageError
 from pipelines.storage.output import output_of
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The shared error layer (pipelines/exits.py): no traceback, the exit-code table, Ctrl-C hint.
+    return run_cli("card", lambda: _main(argv))
+
+
+def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="card.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--output", help="output uri (default: the config's output.uri)")
     ap.add_argument("--config", action="append", default=[])
