@@ -88,8 +88,8 @@ class BuildContext:
 def plan(ctx: BuildContext, own_batches: set[str], use_existing: bool = True
          ) -> tuple[Plan, Ledger, Manifest | None, list]:
     """Source index -> units -> generation keys -> anti-join with the current version + receipts."""
-    cache = None if ctx.dry_run else storage_join(ctx.output, "cache", "index")
-    imgs = load_images(ctx.sources, ctx.exclude, ctx.cfg.data.limit, ctx.store, cache)
+    cache = storage_join(ctx.output, "cache", "index")  # a dry run reads it but never writes it
+    imgs = load_images(ctx.sources, ctx.exclude, ctx.cfg.data.limit, ctx.store, cache, write_cache=not ctx.dry_run)
     current = latest_manifest(ctx.output, ctx.store) if use_existing else None
     committed = {s.path for s in current.shards} if current else set()
     receipts = pending_receipts(ctx.output, ctx.store, committed) if use_existing else []
@@ -226,6 +226,7 @@ def build_stats(first: Plan, progress: Progress, shards, wall_s: float, cfg) -> 
         "gpus": gpus, "cost_usd": cost,
         "cost_per_1000_accepted_usd": round(1000 * cost / tot["accepted"], 4) if cost and tot["accepted"] else None,
         "images": first.images_total, "images_excluded": first.images_excluded,
+        "images_no_annotations": first.no_annotations,
         "units_planned": first.units_total, "units_reused": sum(t.reused for t in first.tasks.values()),
         "teacher_calls": tot["teacher_calls"], "requests_saved": tot["requests_saved"],
         "prompt_tokens": tot["prompt_tokens"],
@@ -319,6 +320,10 @@ def _main(argv: list[str] | None) -> int:
         print(failure_message(exc, ctx.output), file=sys.stderr)
         return 4
     print_plan(first)
+    if current is not None and not receipts and first.unchanged:
+        # Checked before anything is written, so it also holds on a read-only output.
+        print(f"nothing changed, v{current.version} is current")
+        return 0
     if args.dry_run:
         print_verify_plan(ctx, first, current)
         print("dry run: nothing written")

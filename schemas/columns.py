@@ -249,6 +249,9 @@ RAW_SCHEMA = pa.schema(
         ("task", pa.string()),
         *KEY_COMPONENT_FIELDS,
         ("outcome", pa.string()),  # accepted | rejected | error
+        # the error's reason when outcome is error: "annotation:<code>", a read/decode code, or
+        # "teacher:<code>"; pipelines/core/keys.is_final_error says whether a rebuild retries it
+        ("error_reason", pa.string()),
         ("n_accepted", pa.int32()),
         ("n_rejected", pa.int32()),
         *TEACHER_OUT_FIELDS,

@@ -18,7 +18,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from pipelines.storage.fs import StorageSpec
 
-TEMPLATE_VERSION = "template-1"
+from pipelines.core.keys import TEMPLATE_VERSION
+
 KNOWLEDGE_PATH = DEFAULT_KNOWLEDGE_PATH  # its content hash is part of the template identity
 
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import ray.data
 
 # Bump when the way prompts / object tables are built changes: it is part of every generation key.
-PROMPT_CODE_VERSION = "prompt-build-1"
+from pipelines.core.keys import PROMPT_CODE_VERSION  # noqa: F401  (re-exported: the salts live with the key)
 
 
 class Teacher(ABC):

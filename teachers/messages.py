@@ -25,11 +25,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pipelines.core.keys import MESSAGES_VERSION  # noqa: F401  (re-exported: the salts live with the key)
 from pipelines.core.object_table import render_object_table
 from schemas.columns import ANSWER_FIELDS, ANSWER_PAIRS, TARGET_BOUNDS
 from teachers.prompts import PromptSpec
-
-MESSAGES_VERSION = "1"
 
 IMAGE_PART: dict[str, str] = {"type": "image"}
 

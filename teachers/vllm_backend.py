@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import ray.data
 
 # Version of the answer JSON schema wiring (teachers/messages.answer_json_schema + decoding setup).
-ANSWER_SCHEMA_VERSION = "answer-schema-1"
+from pipelines.core.keys import ANSWER_SCHEMA_VERSION
 
 DEFAULT_MAX_TOKENS = 1024  # vLLM's own default (16) would truncate every answer
 

@@ -24,15 +24,14 @@ from typing import Any, Mapping
 
 import pyarrow as pa
 
+# REQUEST_VERSION (in core/keys): bump when the request built here changes answers (image
+# placement, text flattening, schema wiring, per-unit seeds). Part of the teacher identity.
+from pipelines.core.keys import REQUEST_VERSION  # noqa: F401  (re-exported: the salts live with the key)
 from pipelines.core.object_table import build_object_table, render_object_table, table_entries
 from schemas.columns import FOLLOWERS_COLUMN, TEACHER_OUT_FIELDS, UNIT_FIELDS, UNIT_SCHEMA
 from teachers.messages import IMAGE_PART, answer_json_schema, build_messages
 from teachers.prompts import PromptSpec
 from teachers.requests import expand_followers, request_key
-
-# Bump when the request built here changes in a way that changes answers (image placement, text
-# flattening, schema wiring, per-unit seeds). Part of the teacher identity.
-REQUEST_VERSION = "vllm-request-2"  # 2: seeds from the request key; one request per request key
 
 ERROR_COLUMN = "__inference_error__"  # Ray's per-row engine error column
 # Units that failed before the teacher carry this in ERROR_COLUMN so every stage skips them.

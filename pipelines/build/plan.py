@@ -1,90 +1,42 @@
 """The plan: work units (image x task), their generation keys, and the anti-join with what exists.
 
-A generation key is sha256 over a canonical JSON of everything that changes a teacher's answer:
-image content identity, the annotations the unit shows and is checked against, task, prompt
-content hash, teacher identity and the prompt-building code version. Filter settings are not in
-it: a filter change re-checks stored raw responses instead (see docs/incremental.md).
+The key itself (inputs, salts, reasons, final vs transient errors) lives in pipelines/core/keys.py.
+Images without annotations are no unit of any task (counted as `no_annotations`); an error the
+key's inputs decide (bad annotation, missing or corrupt image) is reused until they change, a
+transient one (teacher, storage) is retried by the next build.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
 
+from pipelines.core.keys import (
+    REASON_REMOVED,
+    annotation_hash,
+    generation_key,
+    is_final_error,
+    unit_row,
+    why,
+)
 from schemas.columns import (
     IMAGE_WORK_SCHEMA,
     OUTCOME_ERROR,
     TASKS,
 )
-from teachers.base import PROMPT_CODE_VERSION
 
-KEY_VERSION = 1
-
-# Why a unit is (re)generated or dropped; printed by --dry-run and counted in the manifest.
-REASON_NEW = "new unit"
-REASON_IMAGE = "image changed"
-REASON_ANN = "annotations changed"
-REASON_PROMPT = "prompt changed"
-REASON_TEACHER = "teacher changed"
-REASON_RETRY = "retry of an error"
-REASON_REMOVED = "unit no longer planned"
-
-
-def sha256_json(obj: Any) -> str:
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def generation_key(image_identity: str, ann_hash: str, task: str, prompt_hash: str, teacher_hash: str) -> str:
-    return sha256_json(
-        {
-            "v": KEY_VERSION,
-            "image": image_identity,
-            "ann": ann_hash,
-            "task": task,
-            "prompt": prompt_hash,
-            "teacher": teacher_hash,
-            "code": PROMPT_CODE_VERSION,
-        }
-    )
-
-
-def annotation_hash(image: Mapping[str, Any]) -> str:
-    """Hash of everything the unit shows or is checked against (objects with masks, negatives)."""
-    return sha256_json(
-        {
-            "w": image["width"],
-            "h": image["height"],
-            "objects": image["objects"],
-            "absent": sorted(image["absent_categories"] or []),
-            "not_exhaustive": sorted(image["not_exhaustive_categories"] or []),
-            "error": image["image_error"],
-            # The unit's own image: two images with the same bytes and annotations (or two error
-            # records without a file) must never share a key, a ledger row or sample ids.
-            "unit": [image["source"], image["image_id"]],
-        }
-    )
-
-
-def image_identity(info: Mapping[str, Any] | None) -> str:
-    """Content identity from a listing entry: S3 ETag + size, or local size + mtime (no bytes read)."""
-    if info is None:
-        return "missing"
-    etag = info.get("ETag") or info.get("etag")
-    if etag:
-        return sha256_json({"etag": str(etag).strip('"'), "size": info.get("size")})
-    return sha256_json({"size": info.get("size"), "mtime": info.get("mtime"), "name": info.get("name")})
+NO_ANNOTATIONS = "no_annotations"  # reader's image_error for an image without any annotation
+FORMATS_WITH_PARTS = ("paco",)  # `part` is planned only for sources that can have parts
 
 
 def applicable(image: Mapping[str, Any], task: str) -> bool:
     """Whether a task can be written for this image at all (else the unit is not planned)."""
     if image["image_error"]:
-        return True  # planned so the error is recorded for every task of the image
+        # planned so the error is recorded for every task the image could have had
+        return task != "part" or image["dataset_format"] in FORMATS_WITH_PARTS
     objs = [o for o in image["objects"] if not o["iscrowd"]]
     wholes = [o for o in objs if not o["is_part"]]
     parts = [o for o in objs if o["is_part"]]
@@ -119,6 +71,12 @@ class Plan:
     units_total: int
     images_total: int
     images_excluded: int
+    no_annotations: int = 0  # images without any annotation: no unit of any task
+
+    @property
+    def unchanged(self) -> bool:
+        """Nothing to run and nothing dropped: the current version already is this build."""
+        return self.units_to_run == 0 and not any(t.dropped for t in self.tasks.values())
 
     @property
     def units_to_generate(self) -> int:
@@ -145,7 +103,8 @@ def make_plan(
 
     `ledger_rows`: rows of the previous version's (and pending receipts') unit ledger with the key
     components and outcome. Units whose key is there with a non-error outcome are reused; errors are
-    retried by the next build, except those written by this build (`reuse_errors_from` batches).
+    retried by the next build, except final ones (keys.is_final_error: decided by the key's inputs)
+    and those written by this build (`reuse_errors_from` batches).
     A reusable unit checked under another `filter_version` is re-checked from its stored response
     (`refilter`): no image read, no teacher call. Rows come in batch order; the first batch that has
     a usable row for a key provides it (`reuse_from`).
@@ -156,7 +115,7 @@ def make_plan(
     stale: dict[str, Mapping[str, Any]] = {}  # usable response, judged by other filter settings
     for r in ledger_rows:
         previous[(r["source"], int(r["image_id"]), r["task"])] = r
-        if r["outcome"] == OUTCOME_ERROR and r.get("batch") not in own:
+        if r["outcome"] == OUTCOME_ERROR and r.get("batch") not in own and not is_final_error(r.get("error_reason")):
             continue
         if filter_version is None or r.get("filter_version") == filter_version or r["outcome"] == OUTCOME_ERROR:
             reuse_from.setdefault(r["gen_key"], r["batch"])
@@ -169,7 +128,11 @@ def make_plan(
     work_rows: list[dict[str, Any]] = []
     refilter: list[dict[str, Any]] = []
     units_total = 0
+    no_annotations = 0
     for image in images.to_pylist():
+        if image["image_error"] == NO_ANNOTATIONS:
+            no_annotations += 1
+            continue
         ident = identities.get(image["image_uri"], "missing")
         ann = annotation_hash(image)
         units = []
@@ -182,8 +145,8 @@ def make_plan(
             tp.planned += 1
             units_total += 1
             uid = (image["source"], int(image["image_id"]), task)
-            why = _why(previous.get(uid), key, ident, ann, prompt_hashes[task], teacher_hash)
-            wanted[uid] = why
+            reason = why(previous.get(uid), key, ident, ann, prompt_hashes[task], teacher_hash)
+            wanted[uid] = reason
             if key in reuse_from:
                 tp.reused += 1
                 reused.add(key)
@@ -193,7 +156,7 @@ def make_plan(
                 refilter.append(_unit_from_stale(image, stale[key]))
                 continue
             tp.generate += 1
-            tp.generate_reasons[why] += 1
+            tp.generate_reasons[reason] += 1
             units.append(
                 {"gen_key": key, "task": task, "image_identity": ident, "ann_hash": ann,
                  "prompt_hash": prompt_hashes[task], "teacher_hash": teacher_hash}
@@ -212,35 +175,12 @@ def make_plan(
     work = pa.Table.from_pylist(work_rows, schema=IMAGE_WORK_SCHEMA)
     return Plan(work=work, reused_keys=reused, reuse_from={k: reuse_from[k] for k in reused},
                 refilter=refilter, tasks=tasks, units_total=units_total,
-                images_total=images.num_rows, images_excluded=images_excluded)
+                images_total=images.num_rows, images_excluded=images_excluded, no_annotations=no_annotations)
 
 
 def _unit_from_stale(image: Mapping[str, Any], row: Mapping[str, Any]) -> dict[str, Any]:
-    """A unit row (UNIT fields, no pixels) for re-checking a stored response; `batch` says where
-    the response is stored."""
-    unit = {k: image[k] for k in ("source", "dataset_format", "image_id", "image_uri", "width", "height",
-                                  "objects", "absent_categories", "not_exhaustive_categories")}
-    unit.update({k: row[k] for k in ("gen_key", "task", "image_identity", "ann_hash", "prompt_hash",
-                                     "teacher_hash", "batch")})
-    unit.update({"teacher_image": None, "teacher_width": None, "teacher_height": None,
-                 "unit_error": None, "unit_error_detail": None, "request_key": None, "shares_answer_of": None})
-    return unit
-
-
-def _why(prev: Mapping[str, Any] | None, key: str, ident: str, ann: str, prompt: str, teacher: str) -> str:
-    if prev is None:
-        return REASON_NEW
-    if prev["gen_key"] == key:
-        return REASON_RETRY
-    if prev["image_identity"] != ident:
-        return REASON_IMAGE
-    if prev["ann_hash"] != ann:
-        return REASON_ANN
-    if prev["prompt_hash"] != prompt:
-        return REASON_PROMPT
-    if prev["teacher_hash"] != teacher:
-        return REASON_TEACHER
-    return "code version changed"
+    """A unit row (no pixels) for re-checking a stored response; `batch` says where it is stored."""
+    return {**unit_row(image, row), "batch": row["batch"]}
 
 
 def split_for_stream(work: pa.Table, rows_per_block: int) -> list[pa.Table]:

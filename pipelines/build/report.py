@@ -24,8 +24,8 @@ def _table(header: list[str], rows: list[list[Any]], out: TextIO) -> None:
 
 def print_plan(plan: Plan, out: TextIO | None = None) -> None:
     out = out or sys.stdout
-    print(f"plan: {plan.images_total} images ({plan.images_excluded} excluded), {plan.units_total} units; "
-          f"{plan.units_to_generate} to generate", file=out)
+    print(f"plan: {plan.images_total} images ({plan.images_excluded} excluded, {plan.no_annotations} "
+          f"no_annotations), {plan.units_total} units; {plan.units_to_generate} to generate", file=out)
     rows = []
     for t in TASKS:
         tp = plan.tasks[t]

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 # Bump whenever a check's logic changes (not its thresholds): stored rows then show they were
 # filtered by older rules even though the settings did not change.
-FILTER_CODE_VERSION = "filters-2"  # 2: no_referent, ambiguous_reference, attribute/part name checks
+from pipelines.core.keys import FILTER_CODE_VERSION
 
 
 @dataclass

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.build.plan import image_identity
+from pipelines.core.keys import image_identity
 from pipelines.sources.readers import read_source
 from pipelines.sources.sample_data import ensure_sample_dataset
 from pipelines.storage import fs as storage
@@ -92,13 +92,15 @@ def _reader_code_hash() -> str:
     return h.hexdigest()
 
 
-def read_source_cached(src: SourceSpec, store: StorageSpec, cache: str | None) -> pa.Table:
+def read_source_cached(src: SourceSpec, store: StorageSpec, cache: str | None, write_cache: bool = True
+                       ) -> pa.Table:
     """`read_source`, memoised under <output>/cache/index/ by the annotation file's identity.
 
     Parsing COCO train2017 (860K annotations, polygons -> RLE) takes tens of seconds; a rebuild with
     an unchanged annotation file reads the cached per-image table instead. The key covers the file's
     listing identity (ETag + size, or size + mtime), the source's name/format/images prefix and the
-    reader code, so a changed file or reader never hits a stale entry. None: no cache (dry runs).
+    reader code, so a changed file or reader never hits a stale entry. None: no cache;
+    `write_cache=False` (dry runs, which write nothing) reads a cached index but never writes one.
     """
     fs, path = storage.fs_and_path(src.annotations, store)
     try:
@@ -117,7 +119,7 @@ def read_source_cached(src: SourceSpec, store: StorageSpec, cache: str | None) -
             pass
     t = read_source(src.name, src.format, src.annotations, src.images, store.options_for(src.annotations),
                     retries=store.retries).cast(IMAGE_SCHEMA)
-    if key is not None:
+    if key is not None and write_cache:
         buf = io.BytesIO()
         pq.write_table(t, buf, compression="zstd")
         try:
@@ -128,11 +130,11 @@ def read_source_cached(src: SourceSpec, store: StorageSpec, cache: str | None) -
 
 
 def load_images(sources: list[SourceSpec], exclude: set[int], limit: int | None,
-                store: StorageSpec, cache: str | None = None) -> SourceImages:
+                store: StorageSpec, cache: str | None = None, write_cache: bool = True) -> SourceImages:
     tables = []
     excluded = 0
     for src in sources:
-        t = read_source_cached(src, store, cache)
+        t = read_source_cached(src, store, cache, write_cache)
         if exclude:
             keep = pc.invert(pc.is_in(t.column("image_id"), value_set=pa.array(sorted(exclude), pa.int64())))
             excluded += t.num_rows - pc.sum(keep.cast(pa.int64())).as_py()

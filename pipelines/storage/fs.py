@@ -254,12 +254,29 @@ def write_bytes(uri: str, data: bytes, storage: StorageSpec) -> None:
         raise _local_write_error(uri, exc) from exc
 
 
+def _process_umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask sets it: racy)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _local_atomic_write(uri: str, data: bytes, replace: bool) -> bool:
     """temp + fsync + rename (replace) or link (create only). False if `uri` existed (create)."""
     folder = os.path.dirname(os.path.abspath(uri))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     try:
+        # mkstemp makes the file 0600; an output is shared, so give it what open() would (0644
+        # under umask 022).
+        os.fchmod(fd, 0o666 & ~_process_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

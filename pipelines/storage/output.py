@@ -21,7 +21,7 @@ from schemas.columns import KEY_COMPONENT_FIELDS, KIND_RAW, RAW_SCHEMA, TEACHER_
 from schemas.manifest import Manifest, ShardEntry, manifest_name, parse_manifest_name
 
 LEDGER_COLUMNS = ["gen_key", "source", "image_id", "task", *[n for n, _ in KEY_COMPONENT_FIELDS], "outcome",
-                  "filter_version"]
+                  "error_reason", "filter_version"]
 
 
 def manifests_uri(output: str) -> str:
@@ -104,8 +104,7 @@ def read_ledger(output: str, shard_sets: list[list[ShardEntry]], store: StorageS
 
     def read_one(entry: ShardEntry) -> pa.Table:
         fs, path = storage.fs_and_path(storage.join(output, entry.path), store)
-        t = storage.with_retries(lambda: pq.read_table(path, filesystem=fs, columns=LEDGER_COLUMNS),
-                                 store, f"read {entry.path}")
+        t = storage.with_retries(lambda: _read_ledger_columns(path, fs), store, f"read {entry.path}")
         return t.append_column("batch", pa.array([entry.batch] * t.num_rows, pa.string()))
 
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -116,6 +115,17 @@ def read_ledger(output: str, shard_sets: list[list[ShardEntry]], store: StorageS
         schema = RAW_SCHEMA.empty_table().select(LEDGER_COLUMNS).schema
         rows = schema.empty_table().append_column("batch", pa.array([], pa.string()))
     return Ledger(rows=rows, shards_by_batch=by_batch, batch_order=order)
+
+
+def _read_ledger_columns(path: str, fs: Any) -> pa.Table:
+    """LEDGER_COLUMNS of one raw shard; shards written before `error_reason` existed get nulls
+    (their errors are then retried once, as they always were)."""
+    try:
+        return pq.read_table(path, filesystem=fs, columns=LEDGER_COLUMNS)
+    except (KeyError, pa.ArrowInvalid):
+        cols = [c for c in LEDGER_COLUMNS if c != "error_reason"]
+        t = pq.read_table(path, filesystem=fs, columns=cols)
+        return t.add_column(cols.index("outcome") + 1, "error_reason", pa.nulls(t.num_rows, pa.string()))
 
 
 def read_responses(output: str, ledger: Ledger, keys_by_batch: dict[str, set[str]],

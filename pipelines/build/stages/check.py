@@ -106,6 +106,7 @@ def check_one(
         "gen_key": unit["gen_key"], "source": unit["source"], "image_id": unit["image_id"],
         "task": unit["task"], "image_identity": unit["image_identity"], "ann_hash": unit["ann_hash"],
         "prompt_hash": unit["prompt_hash"], "teacher_hash": unit["teacher_hash"], "outcome": outcome,
+        "error_reason": _error_reason(unit, errors),
         "n_accepted": len(samples), "n_rejected": len(rejects),
         "response": unit.get("response"), "finish_reason": unit.get("finish_reason"),
         "teacher_error": unit.get("teacher_error"), "prompt_tokens": unit.get("prompt_tokens"),
@@ -114,6 +115,14 @@ def check_one(
     }
     return {"gen_key": unit["gen_key"], "task": unit["task"], "outcome": outcome, "samples": samples,
             "rejects": rejects, "errors": errors, "raw": [raw]}
+
+
+def _error_reason(unit: Mapping[str, Any], errors: list[dict[str, Any]]) -> str | None:
+    """The ledger's error reason: the unit error as planned (annotation errors keep their prefix),
+    else `<stage>:<reason>` of the first error (teacher, check): never final, see core/keys."""
+    if not errors:
+        return None
+    return unit.get("unit_error") or f"{errors[0]['stage']}:{errors[0]['reason']}"
 
 
 class CheckUnits:

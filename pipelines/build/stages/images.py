@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from pipelines.core.keys import unit_row
 from pipelines.core.resources import Resources
 from pipelines.storage import fs as storage
 from pipelines.storage.fs import StorageError, StorageSpec
@@ -285,19 +286,4 @@ def fan_out(
     error: str | None, detail: str | None,
 ) -> list[dict[str, Any]]:
     """One unit row per planned unit of the image, sharing the decoded image."""
-    out = []
-    for u in image["units"]:
-        out.append(
-            {
-                "gen_key": u["gen_key"], "source": image["source"], "dataset_format": image["dataset_format"],
-                "image_id": image["image_id"], "image_uri": image["image_uri"],
-                "width": image["width"], "height": image["height"], "task": u["task"],
-                "objects": image["objects"], "absent_categories": image["absent_categories"],
-                "not_exhaustive_categories": image["not_exhaustive_categories"],
-                "image_identity": u["image_identity"], "ann_hash": u["ann_hash"],
-                "prompt_hash": u["prompt_hash"], "teacher_hash": u["teacher_hash"],
-                "teacher_image": teacher_image, "teacher_width": tw, "teacher_height": th,
-                "unit_error": error, "unit_error_detail": detail,
-            }
-        )
-    return out
+    return [unit_row(image, u, teacher_image, tw, th, error, detail) for u in image["units"]]

@@ -1,0 +1,123 @@
+"""The generation key, owned here: its inputs, every version salt, the reasons a unit is
+(re)generated, which errors are final, and the one builder of UNIT rows.
+
+A generation key is sha256 over a canonical JSON of everything that changes a teacher's answer:
+image content identity, the annotations the unit shows and is checked against, task, prompt
+content hash, teacher identity and the prompt-building code version. Filter settings are not in
+it: a filter change re-checks stored raw responses instead (docs/incremental.md).
+
+To add a key (e.g. a verification key): add its salt below, a `*_key` function next to
+`generation_key`, and its column to `schemas.columns.KEY_COMPONENT_FIELDS` if units carry it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Mapping
+
+# --- version salts: bump one when the code it names changes the output ---------------------------
+KEY_VERSION = 1  # the key's own layout
+PROMPT_CODE_VERSION = "prompt-build-1"  # teachers/prompts.py + base.py: how a prompt is built
+MESSAGES_VERSION = "1"  # teachers/messages.py: chat message rendering (vLLM teachers)
+REQUEST_VERSION = "vllm-request-2"  # teachers/vllm_rows.py: 2: seeds from the request key; one request per key
+ANSWER_SCHEMA_VERSION = "answer-schema-1"  # teachers/vllm_backend.py: structured-output schema
+TEMPLATE_VERSION = "template-1"  # teachers/template.py: the CPU template teacher's answers
+FILTER_CODE_VERSION = "filters-2"  # pipelines/filters (2: no_referent, ambiguous_reference, attribute/part
+# name checks): not in the key; a bump re-checks stored responses
+
+# --- why a unit is (re)generated or dropped; printed by --dry-run and counted in the manifest ------
+REASON_NEW = "new unit"
+REASON_IMAGE = "image changed"
+REASON_ANN = "annotations changed"
+REASON_PROMPT = "prompt changed"
+REASON_TEACHER = "teacher changed"
+REASON_RETRY = "retry of an error"
+REASON_REMOVED = "unit no longer planned"
+REASON_CODE = "code version changed"
+
+# --- errors: final (a function of the key's inputs) or transient (retried by the next build) -------
+# A final error is reused until its key changes: the annotations (ann_hash), the image bytes'
+# identity, the prompt or the teacher. Anything not listed (engine failure, read_failed, storage
+# trouble, too_many_pixels which depends on a config limit) is retried.
+FINAL_ERROR_REASONS: frozenset[str] = frozenset({
+    "missing_image", "unsafe_path", "empty_image", "not_an_image", "truncated_image", "size_mismatch",
+    "exif_rotated", "unsupported_mode",
+})
+ANNOTATION_ERROR_PREFIX = "annotation:"  # every annotation error is final (it is in ann_hash)
+
+
+def is_final_error(reason: str | None) -> bool:
+    """Whether an error unit's reason can only change when the unit's key changes."""
+    if not reason:
+        return False
+    return reason.startswith(ANNOTATION_ERROR_PREFIX) or reason in FINAL_ERROR_REASONS
+
+
+def sha256_json(obj: Any) -> str:
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def generation_key(image_identity: str, ann_hash: str, task: str, prompt_hash: str, teacher_hash: str) -> str:
+    return sha256_json({"v": KEY_VERSION, "image": image_identity, "ann": ann_hash, "task": task,
+                        "prompt": prompt_hash, "teacher": teacher_hash, "code": PROMPT_CODE_VERSION})
+
+
+def annotation_hash(image: Mapping[str, Any]) -> str:
+    """Hash of everything the unit shows or is checked against (objects with masks, negatives)."""
+    return sha256_json(
+        {
+            "w": image["width"], "h": image["height"], "objects": image["objects"],
+            "absent": sorted(image["absent_categories"] or []),
+            "not_exhaustive": sorted(image["not_exhaustive_categories"] or []),
+            "error": image["image_error"],
+            # The unit's own image: two images with the same bytes and annotations (or two error
+            # records without a file) must never share a key, a ledger row or sample ids.
+            "unit": [image["source"], image["image_id"]],
+        }
+    )
+
+
+def image_identity(info: Mapping[str, Any] | None) -> str:
+    """Content identity from a listing entry, without the path: S3 ETag + size, or local size +
+    mtime (no bytes read). A copied (mtime kept) or moved images folder keeps every identity."""
+    if info is None:
+        return "missing"
+    etag = info.get("ETag") or info.get("etag")
+    if etag:
+        return sha256_json({"etag": str(etag).strip('"'), "size": info.get("size")})
+    return sha256_json({"size": info.get("size"), "mtime": info.get("mtime")})
+
+
+def why(prev: Mapping[str, Any] | None, key: str, ident: str, ann: str, prompt: str, teacher: str) -> str:
+    """The first key input that differs from the unit's previous ledger row."""
+    if prev is None:
+        return REASON_NEW
+    if prev["gen_key"] == key:
+        return REASON_RETRY
+    for col, value, reason in (("image_identity", ident, REASON_IMAGE), ("ann_hash", ann, REASON_ANN),
+                               ("prompt_hash", prompt, REASON_PROMPT), ("teacher_hash", teacher, REASON_TEACHER)):
+        if prev[col] != value:
+            return reason
+    return REASON_CODE
+
+
+# --- the one builder of UNIT rows (schemas.columns.UNIT_FIELDS) --------------------------------------
+IMAGE_UNIT_FIELDS = ("source", "dataset_format", "image_id", "image_uri", "width", "height", "objects",
+                     "absent_categories", "not_exhaustive_categories")
+KEY_FIELDS = ("gen_key", "task", "image_identity", "ann_hash", "prompt_hash", "teacher_hash")
+
+
+def unit_row(image: Mapping[str, Any], keys: Mapping[str, Any], teacher_image: bytes | None = None,
+             teacher_width: int | None = None, teacher_height: int | None = None,
+             error: str | None = None, detail: str | None = None) -> dict[str, Any]:
+    """One UNIT row: the image's fields, the planned unit's key fields, the teacher's view of the
+    image (or the error that stops the unit before the teacher)."""
+    row = {k: image[k] for k in IMAGE_UNIT_FIELDS}
+    row.update({k: keys[k] for k in KEY_FIELDS})
+    row.update({"teacher_image": teacher_image, "teacher_width": teacher_width,
+                "teacher_height": teacher_height, "unit_error": error, "unit_error_detail": detail,
+                # set by the teacher stage (teachers/requests.py) when identical requests are merged
+                "request_key": None, "shares_answer_of": None})
+    return row

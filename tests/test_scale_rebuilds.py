@@ -1,0 +1,141 @@
+"""Real-scale rebuild rules (issue 14): images without annotations are no units, final errors are
+not retried until their inputs change, image identity has no path, a no-op commits nothing, files
+are readable by the team."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.build_groundv import main
+from pipelines.core.keys import image_identity, is_final_error
+from pipelines.storage import fs as storage
+from tests.dataset_checks import latest_manifest
+
+
+@pytest.fixture
+def coco_copy(sample_dir, tmp_path) -> dict:
+    """The sample's COCO source copied (images with their mtimes) to a private folder, plus one
+    image without annotations and one image whose only annotation has a bad polygon."""
+    src = Path(sample_dir)
+    shutil.copytree(src / "images", tmp_path / "images")  # copy2: size and mtime kept
+    data = json.loads((src / "annotations" / "coco_sample.json").read_text())
+    first = data["images"][0]
+    for new_id, name in ((90001, "empty.jpg"), (90002, "badpoly.jpg")):
+        shutil.copy2(tmp_path / "images" / first["file_name"], tmp_path / "images" / name)
+        data["images"].append({**first, "id": new_id, "file_name": name})
+    data["annotations"].append({"id": 990002, "image_id": 90002, "category_id": data["categories"][0]["id"],
+                                "segmentation": [[1.0, 1.0, 5.0]], "bbox": [1, 1, 4, 4], "area": 8.0,
+                                "iscrowd": 0})
+    ann = tmp_path / "coco.json"
+    ann.write_text(json.dumps(data))
+    return {"annotations": ann, "images": tmp_path / "images", "data": data, "root": tmp_path}
+
+
+def _build(case: dict, out: Path, images: Path | None = None) -> int:
+    source = {"name": "coco_copy", "format": "coco", "annotations": str(case["annotations"]),
+              "images": str(images or case["images"])}
+    cfg = {"data": {"sources": [source]}, "output": {"uri": str(out)}}
+    path = case["root"] / "build.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return main(["--config", str(path)])
+
+
+@pytest.mark.ray
+def test_final_errors_and_empty_images_make_a_noop_rebuild(ray_session, coco_copy, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _build(coco_copy, out) == 0
+    v1 = latest_manifest(str(out))
+    assert v1["stats"]["images_no_annotations"] == 1
+    errors = v1["stats"]["errors_by_reason"]
+    assert "no_annotations" not in json.dumps(errors)  # not an error of five tasks
+    # the bad polygon: one error per task a COCO image can have; never `part` (COCO has no parts)
+    assert v1["stats"]["tasks"]["part"]["planned"] == 0
+    assert sum(t["errors"] for t in v1["stats"]["tasks"].values()) == 4
+    capsys.readouterr()
+    assert _build(coco_copy, out) == 0
+    assert "nothing changed, v1 is current" in capsys.readouterr().out
+    assert sorted(os.listdir(out / "manifests")) == ["v000001.json"]
+    # Fix the annotation: exactly that image's units run again.
+    data = coco_copy["data"]
+    bad = next(a for a in data["annotations"] if a["id"] == 990002)
+    bad["segmentation"] = [[1.0, 1.0, 5.0, 1.0, 5.0, 5.0]]
+    coco_copy["annotations"].write_text(json.dumps(data))
+    assert _build(coco_copy, out) == 0
+    v2 = latest_manifest(str(out))
+    assert v2["version"] == 2
+    reasons = {t: s["generate_reasons"] for t, s in v2["stats"]["tasks"].items() if s["generate_reasons"]}
+    assert reasons and all(r == {"annotations changed": 1} for r in reasons.values())
+    assert v2["stats"]["teacher_calls"] == sum(s["generated"] for s in v2["stats"]["tasks"].values()) > 0
+
+
+@pytest.mark.ray
+def test_copied_images_folder_reruns_nothing(ray_session, coco_copy, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _build(coco_copy, out) == 0
+    moved = tmp_path / "elsewhere" / "images"
+    shutil.copytree(coco_copy["images"], moved)  # same bytes, same mtimes, another path
+    capsys.readouterr()
+    assert _build(coco_copy, out, images=moved) == 0
+    assert "nothing changed, v1 is current" in capsys.readouterr().out
+
+
+@pytest.mark.ray
+def test_noop_on_a_read_only_output(ray_session, coco_copy, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _build(coco_copy, out) == 0
+    if os.geteuid() == 0:
+        pytest.skip("root ignores file modes")
+    modes = {}
+    for dirpath, _, _ in os.walk(out):
+        modes[dirpath] = os.stat(dirpath).st_mode
+        os.chmod(dirpath, 0o555)
+    try:
+        capsys.readouterr()
+        assert _build(coco_copy, out) == 0
+        assert "nothing changed, v1 is current" in capsys.readouterr().out
+    finally:
+        for d, m in modes.items():
+            os.chmod(d, stat.S_IMODE(m))
+
+
+@pytest.mark.ray
+def test_output_files_are_group_and_world_readable(ray_session, coco_copy, tmp_path):
+    out = tmp_path / "out"
+    old = os.umask(0o022)
+    try:
+        assert _build(coco_copy, out) == 0
+    finally:
+        os.umask(old)
+    files = [Path(d) / f for d, _, fs in os.walk(out) for f in fs]
+    assert files and {oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {oct(0o644)}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("mask,mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_atomic_write_follows_the_umask(tmp_path, mask, mode):
+    old = os.umask(mask)
+    try:
+        storage.write_bytes(str(tmp_path / "a" / "f.bin"), b"x", storage.StorageSpec())
+        assert storage.create_if_absent(str(tmp_path / "b.json"), b"{}", storage.StorageSpec())
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a" / "f.bin").stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == mode
+
+
+@pytest.mark.unit
+def test_image_identity_has_no_path_and_errors_are_classed():
+    a = {"name": "/a/x.jpg", "size": 10, "mtime": 1.5}
+    assert image_identity(a) == image_identity({**a, "name": "/b/x.jpg"}) != image_identity({**a, "mtime": 2})
+    s3 = {"name": "bucket/x.jpg", "ETag": '"abc"', "size": 10}
+    assert image_identity(s3) == image_identity({**s3, "name": "other/y.jpg"})
+    assert is_final_error("annotation:bad_polygon") and is_final_error("missing_image")
+    assert is_final_error("truncated_image") and not is_final_error("teacher:teacher_failed")
+    assert not is_final_error("read_failed") and not is_final_error(None)
