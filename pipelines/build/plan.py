@@ -134,7 +134,7 @@ def make_plan(
             no_annotations += 1
             continue
         ident = identities.get(image["image_uri"], "missing")
-        ann = annotation_hash(image)
+        ann = image.get("ann_hash") or annotation_hash(image)  # the index caches it
         units = []
         for task in source_tasks[image["source"]]:
             tp = tasks[task]

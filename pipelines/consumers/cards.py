@@ -22,8 +22,7 @@ from pycocotools import mask as mask_utils
 from pipelines.build.stages.images import to_rgb
 from pipelines.consumers.render import RGB, Target, draw_targets, pick_colours
 from pipelines.core.object_table import build_object_table, local_to_ann
-from pipelines.sources.readers import read_source
-from pipelines.sources.resolve import resolve_sources
+from pipelines.sources.resolve import read_source_cached, resolve_sources
 from pipelines.sources.sample_data import MARKER_NAME
 from pipelines.storage import fs as storage
 from pipelines.storage.fs import StorageSpec
@@ -47,6 +46,8 @@ class SourceIndex:
         self._specs: dict[str, Any] = {}
         self._records: dict[str, dict[int, dict[str, Any]]] = {}
         cfg = OmegaConf.create(m.config)
+        # the build's cached source index: no re-parse of the annotation file (never written here)
+        self._cache = storage.join(cfg.output.uri, "cache", "index") if cfg.output.uri else None
         try:
             if not cfg.data.sources:  # the embedded sample: use it where it is, never generate it here
                 marker = os.path.join(os.path.abspath(cfg.data.sample.dir), MARKER_NAME)
@@ -66,8 +67,7 @@ class SourceIndex:
             spec = self._specs.get(source)
             if spec is not None:
                 try:
-                    table = read_source(spec.name, spec.format, spec.annotations, spec.images,
-                                        self.store.options_for(spec.annotations))
+                    table = read_source_cached(spec, self.store, self._cache, write_cache=False)
                     self._records[source] = {int(r["image_id"]): r for r in table.to_pylist()}
                 except Exception as exc:  # noqa: BLE001
                     self.error = f"source {source}: {type(exc).__name__}: {exc}"

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.core.keys import image_identity
+from pipelines.core.keys import annotation_hash, image_identity
 from pipelines.sources.readers import read_source
 from pipelines.sources.sample_data import ensure_sample_dataset
 from pipelines.storage import fs as storage
@@ -72,9 +72,20 @@ def load_exclusions(value: Any, store: StorageSpec) -> set[int]:
     return {int(i) for i in (value or [])}
 
 
+INDEX_SCHEMA = pa.schema([*IMAGE_SCHEMA, ("ann_hash", pa.string())])  # the cached index: + key input
+
+
+def with_ann_hash(t: pa.Table) -> pa.Table:
+    """IMAGE_SCHEMA rows + their annotation hash, computed once when the source is indexed (and
+    cached with the index) instead of per image on every plan pass."""
+    t = t.select(IMAGE_SCHEMA.names).cast(IMAGE_SCHEMA)
+    hashes = [annotation_hash(r) for r in t.to_pylist()]
+    return t.append_column("ann_hash", pa.array(hashes, pa.string()))
+
+
 @dataclass
 class SourceImages:
-    images: pa.Table  # IMAGE_SCHEMA
+    images: pa.Table  # INDEX_SCHEMA: IMAGE_SCHEMA + ann_hash
     excluded: int
     identities: dict[str, str]  # image_uri -> content identity
 
@@ -110,15 +121,16 @@ def read_source_cached(src: SourceSpec, store: StorageSpec, cache: str | None, w
     key = None
     if cache and info is not None:
         key = hashlib.sha256(json.dumps(
-            {"v": 1, "src": [src.name, src.format, src.annotations, src.images],
+            {"v": 2, "src": [src.name, src.format, src.annotations, src.images],
              "file": image_identity(info), "code": _reader_code_hash()}, sort_keys=True).encode()).hexdigest()
         uri = storage.join(cache, f"{key}.parquet")
         try:
-            return pq.read_table(io.BytesIO(storage.read_bytes(uri, store))).cast(IMAGE_SCHEMA)
+            return pq.read_table(io.BytesIO(storage.read_bytes(uri, store))).cast(INDEX_SCHEMA)
         except (FileNotFoundError, OSError, pa.ArrowInvalid):
             pass
     t = read_source(src.name, src.format, src.annotations, src.images, store.options_for(src.annotations),
-                    retries=store.retries).cast(IMAGE_SCHEMA)
+                    retries=store.retries)
+    t = with_ann_hash(t)
     if key is not None and write_cache:
         buf = io.BytesIO()
         pq.write_table(t, buf, compression="zstd")
@@ -139,8 +151,8 @@ def load_images(sources: list[SourceSpec], exclude: set[int], limit: int | None,
             keep = pc.invert(pc.is_in(t.column("image_id"), value_set=pa.array(sorted(exclude), pa.int64())))
             excluded += t.num_rows - pc.sum(keep.cast(pa.int64())).as_py()
             t = t.filter(keep)
-        tables.append(t.cast(IMAGE_SCHEMA))
-    images = pa.concat_tables(tables) if tables else IMAGE_SCHEMA.empty_table()
+        tables.append(t.cast(INDEX_SCHEMA))
+    images = pa.concat_tables(tables) if tables else INDEX_SCHEMA.empty_table()
     if limit is not None:
         images = images.slice(0, limit)
     identities: dict[str, str] = {}
