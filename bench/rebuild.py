@@ -27,6 +27,8 @@ BUILD = os.path.join(ROOT, "pipelines", "build_groundv.py")
 
 
 def run_build(sample: str, n: int, out: str, prompts: str) -> tuple[float, dict]:
+    mdir = os.path.join(out, "manifests")
+    before = len(os.listdir(mdir)) if os.path.isdir(mdir) else 0
     t0 = time.monotonic()
     done = subprocess.run([sys.executable, BUILD, f"data.sample.dir={sample}", f"data.sample.num_images={n}",
                            f"output.uri={out}",
@@ -35,9 +37,12 @@ def run_build(sample: str, n: int, out: str, prompts: str) -> tuple[float, dict]
     wall = time.monotonic() - t0
     if done.returncode != 0:
         raise SystemExit(f"build failed:\n{done.stderr[-3000:]}")
-    mdir = os.path.join(out, "manifests")
-    with open(os.path.join(mdir, sorted(os.listdir(mdir))[-1])) as fh:
-        return wall, json.load(fh)
+    names = sorted(os.listdir(mdir))
+    with open(os.path.join(mdir, names[-1])) as fh:
+        m = json.load(fh)
+    if len(names) == before:  # nothing changed: no version committed, no teacher call
+        m = {**m, "stats": {**m["stats"], "teacher_calls": 0}}
+    return wall, m
 
 
 def main() -> int:

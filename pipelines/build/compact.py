@@ -1,0 +1,98 @@
+"""Compaction: a version made of few large shards (the unit ledger included), committed as a new
+version whose rows are exactly the old version's.
+
+A build writes one shard per (kind, task) per write batch: thousands of ~7 KB files at COCO scale,
+read twice per rebuild (the ledger) and once per consumer. Compaction concatenates each (kind, task)
+group of the latest version into shards of about `max_rows` rows or `max_mb` MB, writes them
+(content-addressed, so a re-run writes the same names), and only then creates the next manifest
+(create-if-absent, like a build's commit). Killed at any point before that, the previous version is
+still the latest and untouched; its shards stay until `manifest.py gc` removes what no kept version
+references. Every compacted shard gets one batch label: a unit's rows must share one batch, and
+after compaction they all live in the same one (a later build that drops units rewrites only the
+shards that hold them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.build.commit import write_manifest
+from pipelines.build.stages.shards import parquet_bytes, shard_path
+from pipelines.storage import fs as storage
+from pipelines.storage.fs import StorageSpec
+from pipelines.storage.output import latest_manifest
+from schemas.columns import KIND_SCHEMAS
+from schemas.manifest import Manifest, ShardEntry
+
+DEFAULT_MAX_ROWS = 100_000
+DEFAULT_MAX_MB = 64.0
+
+
+def _read(output: str, entry: ShardEntry, store: StorageSpec) -> pa.Table:
+    """One shard in its kind's current schema (columns added since it was written read as null)."""
+    fs, path = storage.fs_and_path(storage.join(output, entry.path), store)
+    t = storage.with_retries(lambda: pq.read_table(path, filesystem=fs), store, f"read {entry.path}")
+    schema = KIND_SCHEMAS.get(entry.kind)
+    if schema is None:
+        return t
+    for f in schema:
+        if f.name not in t.column_names:
+            t = t.append_column(f.name, pa.nulls(t.num_rows, f.type))
+    return t.select(schema.names).cast(schema)
+
+
+def _groups(shards: list[ShardEntry], max_rows: int, max_bytes: int) -> list[list[ShardEntry]]:
+    """Consecutive runs of one (kind, task) whose rows and stored bytes fit the target."""
+    out: list[list[ShardEntry]] = []
+    ordered = sorted(shards, key=lambda s: (s.kind, s.task, s.batch, s.path))
+    for s in ordered:
+        cur = out[-1] if out else None
+        if (cur and (cur[0].kind, cur[0].task) == (s.kind, s.task)
+                and sum(x.rows for x in cur) + s.rows <= max_rows and sum(x.bytes for x in cur) + s.bytes <= max_bytes):
+            cur.append(s)
+        else:
+            out.append([s])
+    return out
+
+
+def compact(output: str, store: StorageSpec, max_rows: int = DEFAULT_MAX_ROWS, max_mb: float = DEFAULT_MAX_MB,
+            on_shard: Callable[[ShardEntry], None] | None = None) -> Manifest | None:
+    """Compact the latest version into version N+1; None when there is nothing to gain (every
+    (kind, task) already fits one shard per target). `on_shard` is called after each shard is
+    durable (progress; tests interrupt there)."""
+    current = latest_manifest(output, store)
+    if current is None:
+        return None
+    groups = _groups(current.shards, max(1, max_rows), int(max_mb * 2**20))
+    if len(groups) >= len(current.shards):
+        return None
+    label = "compact-" + hashlib.sha256(
+        "\n".join(sorted(s.path for s in current.shards)).encode()).hexdigest()[:16]
+    new: list[ShardEntry] = []
+    for group in groups:
+        if len(group) == 1:  # already alone: keep the file, relabel it
+            s = group[0]
+            new.append(ShardEntry(s.path, s.kind, s.task, s.rows, s.bytes, s.sha256, label))
+        else:
+            new.append(_write_group(output, store, group, label))
+        if on_shard is not None:
+            on_shard(new[-1])
+    stats = {**current.stats, "compacted_from": current.version,
+             "compaction": {"shards_before": len(current.shards), "shards_after": len(new),
+                            "max_rows": max_rows, "max_mb": max_mb}}
+    return write_manifest(output, store, current.version + 1, current.version, new, config=current.config,
+                          config_hash=current.config_hash, teacher=current.teacher, prompts=current.prompts,
+                          filters=current.filters, stats=stats, build_id=current.build_id)
+
+
+def _write_group(output: str, store: StorageSpec, group: list[ShardEntry], label: str) -> ShardEntry:
+    table = pa.concat_tables([_read(output, s, store) for s in group])
+    data = parquet_bytes(table)
+    digest = hashlib.sha256(data).hexdigest()
+    path = shard_path(group[0].kind, group[0].task, digest)
+    storage.write_bytes(storage.join(output, path), data, store)
+    return ShardEntry(path, group[0].kind, group[0].task, table.num_rows, len(data), digest, label)
