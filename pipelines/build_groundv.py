@@ -32,6 +32,7 @@ from pipelines.build.commit import (  # noqa: E402
     select_existing,
     write_manifest,
 )
+from pipelines.build.compact import compact_entries  # noqa: E402
 from pipelines.build.plan import Plan, make_plan  # noqa: E402
 from pipelines.build.report import Progress, print_plan, print_summary  # noqa: E402
 from pipelines.build.stages.verify_images import prepare_item  # noqa: E402
@@ -143,6 +144,10 @@ def commit(ctx: BuildContext, p: Plan, ledger: Ledger, current: Manifest | None,
     check_shrink(current, shards, ctx.cfg.commit.allow_shrink, ctx.cfg.commit.max_shrink)  # before paying to verify
     verified = verify_step(ctx, shards, current)
     shards = verified.shards
+    out = ctx.cfg.output
+    if out.compact_min_shards and len(shards) > out.compact_min_shards:
+        # few large files: the next plan reads the ledger from these, consumers the rest
+        shards = compact_entries(ctx.output, ctx.store, shards, out.compact_max_rows, out.compact_max_mb) or shards
     stats = build_stats(first_plan, progress, shards, time.monotonic() - wall_start, ctx.cfg)
     add_verify_stats(stats, verified.stats)
     m = write_manifest(
@@ -178,6 +183,17 @@ def verify_step(ctx: BuildContext, shards: list, current: Manifest | None) -> Ve
               f"{s['verdicts_reused']} stored verdicts reused, passed {s['passed']}, failed {s['failed']}",
               flush=True)
     return res
+
+
+def verify_unchanged(ctx: BuildContext, current: Manifest) -> bool:
+    """Whether the verify step would leave `current` as it is: same verifier, prompt and threshold
+    as recorded in its stats (or verification off, and never on)."""
+    v = ctx.verifier
+    was = (current.stats or {}).get("verify") or {}
+    if not v.enabled:
+        return not was.get("enabled")
+    return bool(was.get("enabled")) and was.get("identity") == v.identity() and \
+        was.get("prompt_hash") == v.prompt.content_hash and was.get("threshold") == v.threshold
 
 
 def add_verify_stats(stats: dict, verify: dict) -> None:
@@ -320,7 +336,7 @@ def _main(argv: list[str] | None) -> int:
         print(failure_message(exc, ctx.output), file=sys.stderr)
         return 4
     print_plan(first)
-    if current is not None and not receipts and first.unchanged:
+    if current is not None and not receipts and first.unchanged and verify_unchanged(ctx, current):
         # Checked before anything is written, so it also holds on a read-only output.
         print(f"nothing changed, v{current.version} is current")
         return 0

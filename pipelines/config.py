@@ -153,6 +153,11 @@ class VerifyConfig:
 @dataclass
 class OutputConfig:
     uri: str = "output/groundv"
+    # Commit compacts a version made of more than `compact_min_shards` shards into shards of at most
+    # `compact_max_rows` rows / `compact_max_mb` MB (pipelines/build/compact.py); 0 turns it off.
+    compact_min_shards: int = 64
+    compact_max_rows: int = 100_000
+    compact_max_mb: float = 64.0
 
 
 @dataclass

@@ -20,7 +20,9 @@ KINDS = ("samples", "rejects", "errors", "raw")
 @pytest.fixture(scope="module")
 def built(ray_session, sample_dir, tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("compact") / "out")
-    assert main([f"data.sample.dir={sample_dir}", f"output.uri={out}", "stream.image_batch_size=4"]) == 0
+    # a fragmented version: small batches, no compaction at commit
+    assert main([f"data.sample.dir={sample_dir}", f"output.uri={out}", "stream.image_batch_size=4",
+                 "output.compact_min_shards=0"]) == 0
     return out
 
 
@@ -56,6 +58,32 @@ def test_compaction_keeps_every_row(output, sample_dir, capsys):
     capsys.readouterr()
     assert main([f"data.sample.dir={sample_dir}", f"output.uri={output}"]) == 0
     assert "nothing changed, v2 is current" in capsys.readouterr().out
+
+
+@pytest.mark.ray
+def test_commit_compacts_and_a_prompt_edit_rebuild_stays_exact(ray_session, sample_dir, tmp_path):
+    out = str(tmp_path / "out")
+    prompts = tmp_path / "prompts"
+    shutil.copytree(os.path.join(os.path.dirname(__file__), "..", "teachers", "prompts"), prompts)
+    base = [f"data.sample.dir={sample_dir}", f"output.uri={out}", "stream.image_batch_size=4",
+            "output.compact_min_shards=1", f"teacher.prompts_dir={prompts}"]
+    assert main(base) == 0
+    v1 = latest_manifest(out)
+    groups = [(s["kind"], s["task"]) for s in v1["shards"]]
+    assert len(groups) == len(set(groups)) and len({s["batch"] for s in v1["shards"]}) == 1
+    with open(prompts / "reasoning.yaml", "a") as fh:
+        fh.write("\n# edited\n")
+    assert main(base) == 0
+    v3 = latest_manifest(out)
+    assert v3["version"] == 2
+    per = v3["stats"]["tasks"]
+    assert per["reasoning"]["teacher_calls"] == per["reasoning"]["planned"] > 0
+    assert all(s["teacher_calls"] == 0 for t, s in per.items() if t != "reasoning")
+    raw = read_kind(out, v3, "raw").column("gen_key").to_pylist()
+    assert len(raw) == len(set(raw)) == v1["stats"]["units_planned"]
+    keep = [k for k in KINDS if k != "raw"]
+    others = lambda m: {k: [r for r in rows(out, m, k) if "'reasoning'" not in r] for k in keep}  # noqa: E731
+    assert others(v3) == others(v1)
 
 
 @pytest.mark.ray

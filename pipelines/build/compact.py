@@ -25,9 +25,18 @@ from pipelines.build.stages.shards import parquet_bytes, shard_path
 from pipelines.storage import fs as storage
 from pipelines.storage.fs import StorageSpec
 from pipelines.storage.output import latest_manifest
-from schemas.columns import KIND_SCHEMAS
+from schemas.columns import (
+    KIND_ERRORS,
+    KIND_RAW,
+    KIND_REJECTS,
+    KIND_SAMPLES,
+    KIND_SCHEMAS,
+    KIND_VERIFY_FAILED,
+)
 from schemas.manifest import Manifest, ShardEntry
 
+# kinds whose rows belong to units (a gen_key column; one batch per unit): the ones compacted
+UNIT_KINDS = (KIND_SAMPLES, KIND_REJECTS, KIND_ERRORS, KIND_RAW, KIND_VERIFY_FAILED)
 DEFAULT_MAX_ROWS = 100_000
 DEFAULT_MAX_MB = 64.0
 
@@ -67,12 +76,28 @@ def compact(output: str, store: StorageSpec, max_rows: int = DEFAULT_MAX_ROWS, m
     current = latest_manifest(output, store)
     if current is None:
         return None
-    groups = _groups(current.shards, max(1, max_rows), int(max_mb * 2**20))
-    if len(groups) >= len(current.shards):
+    new = compact_entries(output, store, current.shards, max_rows, max_mb, on_shard)
+    if new is None:
         return None
-    label = "compact-" + hashlib.sha256(
-        "\n".join(sorted(s.path for s in current.shards)).encode()).hexdigest()[:16]
-    new: list[ShardEntry] = []
+    stats = {**current.stats, "compacted_from": current.version,
+             "compaction": {"shards_before": len(current.shards), "shards_after": len(new),
+                            "max_rows": max_rows, "max_mb": max_mb}}
+    return write_manifest(output, store, current.version + 1, current.version, new, config=current.config,
+                          config_hash=current.config_hash, teacher=current.teacher, prompts=current.prompts,
+                          filters=current.filters, stats=stats, build_id=current.build_id)
+
+
+def compact_entries(output: str, store: StorageSpec, shards: list[ShardEntry], max_rows: int, max_mb: float,
+                    on_shard: Callable[[ShardEntry], None] | None = None) -> list[ShardEntry] | None:
+    """`shards` packed into groups of one (kind, task) within the target, each group of several
+    written as one shard; None when no two shards can be merged. Every entry gets one batch label."""
+    units = [s for s in shards if s.kind in UNIT_KINDS]
+    groups = _groups(units, max(1, max_rows), int(max_mb * 2**20))
+    if len(groups) >= len(units):
+        return None
+    label = "compact-" + hashlib.sha256("\n".join(sorted(s.path for s in units)).encode()).hexdigest()[:16]
+    # other kinds (verdicts: keyed by pair, labelled `verdicts`) are carried as they are
+    new: list[ShardEntry] = [s for s in shards if s.kind not in UNIT_KINDS]
     for group in groups:
         if len(group) == 1:  # already alone: keep the file, relabel it
             s = group[0]
@@ -81,12 +106,7 @@ def compact(output: str, store: StorageSpec, max_rows: int = DEFAULT_MAX_ROWS, m
             new.append(_write_group(output, store, group, label))
         if on_shard is not None:
             on_shard(new[-1])
-    stats = {**current.stats, "compacted_from": current.version,
-             "compaction": {"shards_before": len(current.shards), "shards_after": len(new),
-                            "max_rows": max_rows, "max_mb": max_mb}}
-    return write_manifest(output, store, current.version + 1, current.version, new, config=current.config,
-                          config_hash=current.config_hash, teacher=current.teacher, prompts=current.prompts,
-                          filters=current.filters, stats=stats, build_id=current.build_id)
+    return new
 
 
 def _write_group(output: str, store: StorageSpec, group: list[ShardEntry], label: str) -> ShardEntry:
