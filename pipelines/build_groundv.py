@@ -99,7 +99,7 @@ def plan(ctx: BuildContext, own_batches: set[str], use_existing: bool = True
     p = make_plan(
         imgs.images, {s.name: s.tasks for s in ctx.sources}, imgs.identities,
         {t: spec.content_hash for t, spec in ctx.prompts.items()}, ctx.teacher.identity_hash(),
-        ledger.rows.to_pylist(), images_excluded=imgs.excluded, reuse_errors_from=own_batches,
+        ledger.rows, images_excluded=imgs.excluded, reuse_errors_from=own_batches,
         filter_version=filter_version(ctx.cfg.filters, load_knowledge()),
     )
     return p, ledger, current, receipts

@@ -147,3 +147,67 @@ def test_image_identity_has_no_path_and_errors_are_classed():
     assert is_final_error("annotation:bad_polygon") and is_final_error("missing_image")
     assert is_final_error("truncated_image") and not is_final_error("teacher:teacher_failed")
     assert not is_final_error("read_failed") and not is_final_error(None)
+
+
+def _images(tmp_path) -> tuple:
+    """The sample's COCO + PACO index plus an image without annotations and one in error."""
+    import pyarrow as pa
+
+    from pipelines.core.keys import annotation_hash
+    from pipelines.sources.resolve import SourceSpec, load_images
+    from pipelines.sources.sample_data import ensure_sample_dataset
+
+    made = [m for m in ensure_sample_dataset(str(tmp_path / "s"), num_images=12, seed=1) if m["format"] != "lvis"]
+    specs = [SourceSpec(m["name"], m["format"], m["annotations"], m["images"], []) for m in made]
+    imgs = load_images(specs, set(), None, storage.StorageSpec())
+    extra = imgs.images.slice(0, 2).to_pylist()
+    extra[0].update(image_id=900001, image_error="no_annotations", objects=[])
+    extra[1].update(image_id=900002, image_error="bad_polygon")
+    for r in extra:
+        r["ann_hash"] = annotation_hash(r)
+    t = pa.concat_tables([imgs.images, pa.Table.from_pylist(extra, schema=imgs.images.schema)])
+    tasks = {"coco_sample": ["hallucination", "multi_object", "reasoning", "multi_granularity", "part"],
+             "paco_sample": ["part", "multi_granularity"]}
+    return t, tasks, imgs.identities
+
+
+@pytest.mark.unit
+def test_columnar_plan_rules(tmp_path):
+    import pyarrow as pa
+
+    from pipelines.build.plan import make_plan
+    from pipelines.storage.output import LEDGER_COLUMNS
+    from schemas.columns import RAW_SCHEMA, TASKS
+
+    images, tasks, idents = _images(tmp_path)
+    prompts = {t: f"p-{t}" for t in TASKS}
+    empty = RAW_SCHEMA.empty_table().select(LEDGER_COLUMNS).append_column("batch", pa.array([], pa.string()))
+    p = make_plan(images, tasks, idents, prompts, "T", empty, filter_version="F")
+    assert p.no_annotations == 1
+    work = p.work.to_pylist()
+    assert 900001 not in {w["image_id"] for w in work}
+    err = [w for w in work if w["image_id"] == 900002]
+    assert [u["task"] for u in err[0]["units"]] == ["hallucination", "multi_object", "reasoning", "multi_granularity"]
+    assert p.tasks["part"].planned == sum(1 for w in work for u in w["units"] if u["task"] == "part") > 0
+    # the ledger of that build: the error units final, one teacher failure transient
+    rows = []
+    for w in work:
+        for u in w["units"]:
+            er = "annotation:bad_polygon" if w["image_error"] else None
+            if w is work[0] and u is w["units"][0]:
+                er = "teacher:teacher_failed"
+            rows.append({**{k: u[k] for k in ("gen_key", "task", "image_identity", "ann_hash", "prompt_hash",
+                                              "teacher_hash")}, "source": w["source"], "image_id": w["image_id"],
+                         "outcome": "error" if er else "accepted", "error_reason": er, "filter_version": "F",
+                         "batch": "b1"})
+    ledger = pa.Table.from_pylist(rows, schema=empty.schema)
+    p2 = make_plan(images, tasks, idents, prompts, "T", ledger, filter_version="F")
+    assert p2.units_to_generate == 1 and not p2.unchanged  # only the teacher failure is retried
+    assert sum(t.generate_reasons["retry of an error"] for t in p2.tasks.values()) == 1
+    fixed = images.to_pylist()
+    bad = next(r for r in fixed if r["image_id"] == 900002)
+    bad.update(image_error=None, ann_hash="new")
+    p3 = make_plan(pa.Table.from_pylist(fixed, schema=images.schema), tasks, idents, prompts, "T", ledger,
+                   filter_version="F")
+    assert sum(t.generate_reasons["annotations changed"] for t in p3.tasks.values()) >= 1
+    assert {u["task"] for w in p3.work.to_pylist() if w["image_id"] == 900002 for u in w["units"]}

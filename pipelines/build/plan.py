@@ -4,49 +4,72 @@ The key itself (inputs, salts, reasons, final vs transient errors) lives in pipe
 Images without annotations are no unit of any task (counted as `no_annotations`); an error the
 key's inputs decide (bad annotation, missing or corrupt image) is reused until they change, a
 transient one (teacher, storage) is retried by the next build.
+
+Columnar: applicability, keys and the anti-join work on Arrow columns (the annotation hash comes
+with the cached index); no image becomes a Python dict except the few whose stored response is
+re-checked.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines.core.keys import (
+    IMAGE_UNIT_FIELDS,
+    KEY_FIELDS,
     REASON_REMOVED,
     annotation_hash,
+    final_error_mask,
     generation_key,
-    is_final_error,
     unit_row,
-    why,
+    why_column,
 )
-from schemas.columns import (
-    IMAGE_WORK_SCHEMA,
-    OUTCOME_ERROR,
-    TASKS,
-)
+from schemas.columns import IMAGE_SCHEMA, IMAGE_WORK_SCHEMA, OUTCOME_ERROR, PLANNED_UNIT_TYPE, TASKS
 
 NO_ANNOTATIONS = "no_annotations"  # reader's image_error for an image without any annotation
 FORMATS_WITH_PARTS = ("paco",)  # `part` is planned only for sources that can have parts
+UID = ["source", "image_id", "task"]
+KEY_COMPONENTS = ["image_identity", "ann_hash", "prompt_hash", "teacher_hash"]
 
 
-def applicable(image: Mapping[str, Any], task: str) -> bool:
-    """Whether a task can be written for this image at all (else the unit is not planned)."""
-    if image["image_error"]:
-        # planned so the error is recorded for every task the image could have had
-        return task != "part" or image["dataset_format"] in FORMATS_WITH_PARTS
-    objs = [o for o in image["objects"] if not o["iscrowd"]]
-    wholes = [o for o in objs if not o["is_part"]]
-    parts = [o for o in objs if o["is_part"]]
-    if task == "hallucination":
-        return bool(wholes) or bool(image["absent_categories"])
-    if task == "multi_object":
-        return len(wholes) >= 2
-    if task == "part":
-        return bool(parts)
-    return bool(wholes)
+def _bool(arr: Any) -> np.ndarray:
+    return np.asarray(pc.fill_null(arr, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def applicable_masks(images: pa.Table) -> dict[str, np.ndarray]:
+    """Per task, which images it can be written for (else the unit is not planned), from columns.
+
+    An image in error is planned for every task it could have had (so the error is recorded), but
+    never `part` unless its source format has parts; an image without annotations for none.
+    """
+    n = images.num_rows
+    objs = images.column("objects").combine_chunks() if n else pa.array([], IMAGE_SCHEMA.field("objects").type)
+    parent = pc.list_parent_indices(objs).to_numpy()
+    flat = pc.list_flatten(objs)
+    crowd = _bool(flat.field("iscrowd"))
+    part = _bool(flat.field("is_part"))
+    n_whole = np.bincount(parent[~part & ~crowd], minlength=n)
+    n_part = np.bincount(parent[part & ~crowd], minlength=n)
+    n_absent = np.asarray(pc.fill_null(pc.list_value_length(images.column("absent_categories")), 0), dtype=np.int64)
+    err = _bool(pc.is_valid(images.column("image_error")))
+    empty = _bool(pc.equal(images.column("image_error"), NO_ANNOTATIONS))
+    with_parts = _bool(pc.is_in(images.column("dataset_format"), value_set=pa.array(FORMATS_WITH_PARTS)))
+    ok = {
+        "hallucination": (n_whole > 0) | (n_absent > 0),
+        "multi_object": n_whole >= 2,
+        "part": n_part > 0,
+    }
+    out = {}
+    for task in TASKS:
+        rule = ok.get(task, n_whole > 0)
+        out[task] = np.where(err, task != "part" or with_parts, rule) & ~empty
+    return out
 
 
 @dataclass
@@ -94,93 +117,141 @@ def make_plan(
     identities: Mapping[str, str],
     prompt_hashes: Mapping[str, str],
     teacher_hash: str,
-    ledger_rows: Iterable[Mapping[str, Any]],
+    ledger: pa.Table,
     images_excluded: int = 0,
     reuse_errors_from: set[str] | None = None,
     filter_version: str | None = None,
 ) -> Plan:
     """Key every applicable (image, task) unit and anti-join it against the existing ledger.
 
-    `ledger_rows`: rows of the previous version's (and pending receipts') unit ledger with the key
-    components and outcome. Units whose key is there with a non-error outcome are reused; errors are
+    `ledger`: the previous version's (and pending receipts') unit ledger (LEDGER_COLUMNS + batch),
+    in batch order. Units whose key is there with a non-error outcome are reused; errors are
     retried by the next build, except final ones (keys.is_final_error: decided by the key's inputs)
     and those written by this build (`reuse_errors_from` batches).
     A reusable unit checked under another `filter_version` is re-checked from its stored response
-    (`refilter`): no image read, no teacher call. Rows come in batch order; the first batch that has
-    a usable row for a key provides it (`reuse_from`).
+    (`refilter`): no image read, no teacher call. The first batch that has a usable row for a key
+    provides it (`reuse_from`).
     """
-    own = reuse_errors_from or set()
-    previous: dict[tuple[str, int, str], Mapping[str, Any]] = {}
-    reuse_from: dict[str, str] = {}
-    stale: dict[str, Mapping[str, Any]] = {}  # usable response, judged by other filter settings
-    for r in ledger_rows:
-        previous[(r["source"], int(r["image_id"]), r["task"])] = r
-        if r["outcome"] == OUTCOME_ERROR and r.get("batch") not in own and not is_final_error(r.get("error_reason")):
-            continue
-        if filter_version is None or r.get("filter_version") == filter_version or r["outcome"] == OUTCOME_ERROR:
-            reuse_from.setdefault(r["gen_key"], r["batch"])
-        else:
-            stale.setdefault(r["gen_key"], r)
-
+    if "ann_hash" not in images.column_names:  # an index without the cached hash
+        images = images.append_column("ann_hash", pa.array([annotation_hash(r) for r in images.to_pylist()],
+                                                            pa.string()))
     tasks = {t: TaskPlan() for t in TASKS}
-    reused: set[str] = set()
-    wanted: dict[tuple[str, int, str], str] = {}  # unit -> reason its previous rows are replaced
-    work_rows: list[dict[str, Any]] = []
-    refilter: list[dict[str, Any]] = []
-    units_total = 0
-    no_annotations = 0
-    for image in images.to_pylist():
-        if image["image_error"] == NO_ANNOTATIONS:
-            no_annotations += 1
-            continue
-        ident = identities.get(image["image_uri"], "missing")
-        ann = image.get("ann_hash") or annotation_hash(image)  # the index caches it
-        units = []
-        for task in source_tasks[image["source"]]:
-            tp = tasks[task]
-            if not applicable(image, task):
-                tp.not_applicable += 1
-                continue
-            key = generation_key(ident, ann, task, prompt_hashes[task], teacher_hash)
-            tp.planned += 1
-            units_total += 1
-            uid = (image["source"], int(image["image_id"]), task)
-            reason = why(previous.get(uid), key, ident, ann, prompt_hashes[task], teacher_hash)
-            wanted[uid] = reason
-            if key in reuse_from:
-                tp.reused += 1
-                reused.add(key)
-                continue
-            if key in stale:
-                tp.refilter += 1
-                refilter.append(_unit_from_stale(image, stale[key]))
-                continue
-            tp.generate += 1
-            tp.generate_reasons[reason] += 1
-            units.append(
-                {"gen_key": key, "task": task, "image_identity": ident, "ann_hash": ann,
-                 "prompt_hash": prompt_hashes[task], "teacher_hash": teacher_hash}
-            )
-        if units:
-            work_rows.append({**image, "units": units})
+    units = _units(images, source_tasks, identities, prompt_hashes, teacher_hash, tasks)
+    fresh, stale, previous = _ledger_views(ledger, reuse_errors_from or set(), filter_version)
+    units = units.join(fresh, "gen_key", join_type="left outer")
+    units = units.join(stale, "gen_key", join_type="left outer")
+    units = units.join(previous, UID, join_type="left outer")
+    units = units.append_column("reason", why_column(units))
+    reused = _bool(pc.is_valid(units.column("reuse_batch")))
+    refilter_mask = ~reused & _bool(pc.is_valid(units.column("stale_batch")))
+    generate = ~reused & ~refilter_mask
+    _count(tasks, units, reused, refilter_mask, generate)
+    reused_t = units.filter(pa.array(reused))
+    reuse_from = dict(zip(reused_t.column("gen_key").to_pylist(), reused_t.column("reuse_batch").to_pylist(),
+                          strict=True))
+    refilter = _refilter_rows(images, units.filter(pa.array(refilter_mask)))
+    kept = set(reuse_from) | {u["gen_key"] for u in refilter}
+    _count_dropped(tasks, previous, units, kept)
+    return Plan(work=_work(images, units.filter(pa.array(generate))), reused_keys=set(reuse_from),
+                reuse_from=reuse_from, refilter=refilter, tasks=tasks, units_total=units.num_rows,
+                images_total=images.num_rows, images_excluded=images_excluded,
+                no_annotations=int(_bool(pc.equal(images.column("image_error"), NO_ANNOTATIONS)).sum()))
 
-    rechecked = {u["gen_key"] for u in refilter}
-    for uid, r in previous.items():
-        if r["gen_key"] in reused or r["gen_key"] in rechecked:
-            continue
-        tp = tasks[r["task"]] if r["task"] in tasks else tasks.setdefault(r["task"], TaskPlan())
+
+def _units(images: pa.Table, source_tasks: Mapping[str, list[str]], identities: Mapping[str, str],
+           prompt_hashes: Mapping[str, str], teacher_hash: str, tasks: dict[str, TaskPlan]) -> pa.Table:
+    """One row per planned unit: image row index, uid, key inputs and generation key."""
+    idents = [identities.get(u, "missing") for u in images.column("image_uri").to_pylist()]
+    anns = images.column("ann_hash").to_pylist()
+    empty = _bool(pc.equal(images.column("image_error"), NO_ANNOTATIONS))
+    masks = applicable_masks(images)
+    parts = []
+    for rank, task in enumerate(TASKS):
+        has = _bool(pc.is_in(images.column("source"),
+                             value_set=pa.array([s for s, ts in source_tasks.items() if task in ts], pa.string())))
+        tasks[task].not_applicable = int((has & ~empty & ~masks[task]).sum())
+        idx = np.flatnonzero(has & masks[task])
+        ph = prompt_hashes.get(task, "")
+        keys = [generation_key(idents[i], anns[i], task, ph, teacher_hash) for i in idx]
+        parts.append(pa.table({
+            "idx": pa.array(idx, pa.int64()), "task_rank": pa.array(np.full(len(idx), rank), pa.int32()),
+            "source": images.column("source").take(idx), "image_id": images.column("image_id").take(idx),
+            "task": pa.array([task] * len(idx), pa.string()), "gen_key": pa.array(keys, pa.string()),
+            "image_identity": pa.array([idents[i] for i in idx], pa.string()),
+            "ann_hash": pa.array([anns[i] for i in idx], pa.string()),
+            "prompt_hash": pa.array([ph] * len(idx), pa.string()),
+            "teacher_hash": pa.array([teacher_hash] * len(idx), pa.string()),
+        }))
+    return pa.concat_tables(parts)
+
+
+def _ledger_views(ledger: pa.Table, own: set[str], filter_version: str | None
+                  ) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """(gen_key -> reuse_batch), (gen_key -> stale_batch), (uid -> prev_* of the last row)."""
+    is_err = _bool(pc.equal(ledger.column("outcome"), OUTCOME_ERROR))
+    mine = _bool(pc.is_in(ledger.column("batch"), value_set=pa.array(sorted(own), pa.string())))
+    usable = ~is_err | mine | final_error_mask(ledger.column("error_reason"))
+    if filter_version is None:
+        same_filters = np.ones(ledger.num_rows, dtype=bool)
+    else:
+        same_filters = _bool(pc.equal(ledger.column("filter_version"), filter_version)) | is_err
+    first = lambda t, name: (t.select(["gen_key", "batch"]).group_by("gen_key", use_threads=False)  # noqa: E731
+                             .aggregate([("batch", "first")]).rename_columns(["gen_key", name]))
+    fresh = first(ledger.filter(pa.array(usable & same_filters)), "reuse_batch")
+    stale = first(ledger.filter(pa.array(usable & ~same_filters)), "stale_batch")
+    prev = (ledger.select([*UID, "gen_key", *KEY_COMPONENTS]).group_by(UID, use_threads=False)
+            .aggregate([(c, "last") for c in ["gen_key", *KEY_COMPONENTS]]))
+    prev = prev.rename_columns([*UID, *[f"prev_{c}" for c in ["gen_key", *KEY_COMPONENTS]]])
+    return fresh, stale, prev
+
+
+def _count(tasks: dict[str, TaskPlan], units: pa.Table, reused: np.ndarray, refilter: np.ndarray,
+           generate: np.ndarray) -> None:
+    task_col = np.asarray(units.column("task").to_numpy(zero_copy_only=False), dtype=object)
+    reasons = np.asarray(units.column("reason").to_numpy(zero_copy_only=False), dtype=object)
+    for t, tp in tasks.items():
+        mine = task_col == t
+        tp.planned = int(mine.sum())
+        tp.reused = int((mine & reused).sum())
+        tp.refilter = int((mine & refilter).sum())
+        tp.generate = int((mine & generate).sum())
+        tp.generate_reasons = Counter(reasons[mine & generate].tolist())
+
+
+def _count_dropped(tasks: dict[str, TaskPlan], previous: pa.Table, units: pa.Table, kept: set[str]) -> None:
+    """Previous units (last row per uid) not reused or re-checked, with the reason of the unit that
+    replaces them (or `unit no longer planned`)."""
+    gone = previous.filter(pc.invert(pc.is_in(previous.column("prev_gen_key"),
+                                              value_set=pa.array(sorted(kept), pa.string()))))
+    gone = gone.select(UID).join(units.select([*UID, "reason"]), UID, join_type="left outer")
+    for task, reason in zip(gone.column("task").to_pylist(), gone.column("reason").to_pylist(), strict=True):
+        tp = tasks.setdefault(task, TaskPlan())
         tp.dropped += 1
-        tp.drop_reasons[wanted.get(uid, REASON_REMOVED)] += 1
-
-    work = pa.Table.from_pylist(work_rows, schema=IMAGE_WORK_SCHEMA)
-    return Plan(work=work, reused_keys=reused, reuse_from={k: reuse_from[k] for k in reused},
-                refilter=refilter, tasks=tasks, units_total=units_total,
-                images_total=images.num_rows, images_excluded=images_excluded, no_annotations=no_annotations)
+        tp.drop_reasons[reason or REASON_REMOVED] += 1
 
 
-def _unit_from_stale(image: Mapping[str, Any], row: Mapping[str, Any]) -> dict[str, Any]:
-    """A unit row (no pixels) for re-checking a stored response; `batch` says where it is stored."""
-    return {**unit_row(image, row), "batch": row["batch"]}
+def _refilter_rows(images: pa.Table, stale: pa.Table) -> list[dict[str, Any]]:
+    """Unit rows (no pixels) for re-checking stored responses; `batch` says where each is stored."""
+    if not stale.num_rows:
+        return []
+    imgs = images.take(stale.column("idx")).select(list(IMAGE_UNIT_FIELDS)).to_pylist()
+    keys = stale.select(list(KEY_FIELDS)).to_pylist()
+    return [{**unit_row(i, k), "batch": b}
+            for i, k, b in zip(imgs, keys, stale.column("stale_batch").to_pylist(), strict=True)]
+
+
+def _work(images: pa.Table, gen: pa.Table) -> pa.Table:
+    """IMAGE_WORK_SCHEMA: each image with >= 1 unit to generate, its units nested in task order."""
+    if not gen.num_rows:
+        return IMAGE_WORK_SCHEMA.empty_table()
+    gen = gen.take(pc.sort_indices(gen, [("idx", "ascending"), ("task_rank", "ascending")]))
+    idx = gen.column("idx").to_numpy()
+    uniq, starts = np.unique(idx, return_index=True)
+    offsets = pa.array(np.append(starts, len(idx)), pa.int32())
+    structs = pa.StructArray.from_arrays([gen.column(f.name).combine_chunks() for f in PLANNED_UNIT_TYPE],
+                                         fields=list(PLANNED_UNIT_TYPE))
+    base = images.take(pa.array(uniq)).select(IMAGE_SCHEMA.names)
+    return base.append_column("units", pa.ListArray.from_arrays(offsets, structs)).cast(IMAGE_WORK_SCHEMA)
 
 
 def split_for_stream(work: pa.Table, rows_per_block: int) -> list[pa.Table]:

@@ -16,6 +16,10 @@ import hashlib
 import json
 from typing import Any, Mapping
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 # --- version salts: bump one when the code it names changes the output ---------------------------
 KEY_VERSION = 1  # the key's own layout
 PROMPT_CODE_VERSION = "prompt-build-1"  # teachers/prompts.py + base.py: how a prompt is built
@@ -52,6 +56,13 @@ def is_final_error(reason: str | None) -> bool:
     if not reason:
         return False
     return reason.startswith(ANNOTATION_ERROR_PREFIX) or reason in FINAL_ERROR_REASONS
+
+
+def final_error_mask(reasons: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """`is_final_error` over a column of ledger error reasons (null: not final)."""
+    final = pc.or_(pc.starts_with(reasons, ANNOTATION_ERROR_PREFIX),
+                   pc.is_in(reasons, value_set=pa.array(sorted(FINAL_ERROR_REASONS), pa.string())))
+    return np.asarray(pc.fill_null(final, False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def sha256_json(obj: Any) -> str:
@@ -96,11 +107,31 @@ def why(prev: Mapping[str, Any] | None, key: str, ident: str, ann: str, prompt: 
         return REASON_NEW
     if prev["gen_key"] == key:
         return REASON_RETRY
-    for col, value, reason in (("image_identity", ident, REASON_IMAGE), ("ann_hash", ann, REASON_ANN),
-                               ("prompt_hash", prompt, REASON_PROMPT), ("teacher_hash", teacher, REASON_TEACHER)):
+    for (col, reason), value in zip(KEY_INPUTS, (ident, ann, prompt, teacher), strict=True):
         if prev[col] != value:
             return reason
     return REASON_CODE
+
+
+KEY_INPUTS = (("image_identity", REASON_IMAGE), ("ann_hash", REASON_ANN), ("prompt_hash", REASON_PROMPT),
+              ("teacher_hash", REASON_TEACHER))
+
+
+def why_column(units: pa.Table) -> pa.Array:
+    """`why` over a table of units joined to their previous ledger row: columns gen_key and the key
+    inputs, and the previous row's as `prev_<name>` (null when the unit is new)."""
+    def col(name: str) -> np.ndarray:
+        return np.asarray(units.column(name).to_numpy(zero_copy_only=False), dtype=object)
+
+    prev_key = col("prev_gen_key")
+    out = np.full(units.num_rows, REASON_CODE, dtype=object)
+    decided = np.zeros(units.num_rows, dtype=bool)
+    for mask, reason in [(prev_key == None, REASON_NEW), (prev_key == col("gen_key"), REASON_RETRY),  # noqa: E711
+                         *[(col(f"prev_{c}") != col(c), r) for c, r in KEY_INPUTS]]:
+        take = mask & ~decided
+        out[take] = reason
+        decided |= take
+    return pa.array(out.tolist(), pa.string())
 
 
 # --- the one builder of UNIT rows (schemas.columns.UNIT_FIELDS) --------------------------------------
