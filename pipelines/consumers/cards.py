@@ -22,7 +22,7 @@ from pycocotools import mask as mask_utils
 from pipelines.build.stages.images import to_rgb
 from pipelines.consumers.render import RGB, Target, draw_targets, pick_colours
 from pipelines.core.object_table import build_object_table, local_to_ann
-from pipelines.sources.resolve import read_source_cached, resolve_sources
+from pipelines.sources.resolve import read_cached_images, read_source_cached, resolve_sources
 from pipelines.sources.sample_data import MARKER_NAME
 from pipelines.storage import fs as storage
 from pipelines.storage.fs import StorageSpec
@@ -58,6 +58,13 @@ class SourceIndex:
             self.error = f"sources unavailable: {type(exc).__name__}: {exc}"
 
     def record(self, source: str, image_id: int) -> dict[str, Any] | None:
+        spec = self._specs.get(source)
+        if source not in self._records and spec is not None:
+            # the cached index, only this image's row group: no parse, no whole index in memory
+            one = read_cached_images(spec, self.store, self._cache, [int(image_id)])
+            if one is not None:
+                rows = one.to_pylist()
+                return rows[0] if rows else None
         return self.records(source).get(int(image_id))
 
     def records(self, source: str) -> dict[int, dict[str, Any]]:

@@ -113,17 +113,8 @@ def read_source_cached(src: SourceSpec, store: StorageSpec, cache: str | None, w
     reader code, so a changed file or reader never hits a stale entry. None: no cache;
     `write_cache=False` (dry runs, which write nothing) reads a cached index but never writes one.
     """
-    fs, path = storage.fs_and_path(src.annotations, store)
-    try:
-        info = storage.with_retries(lambda: fs.info(path), store, f"stat {src.annotations}")
-    except FileNotFoundError:
-        info = None
-    key = None
-    if cache and info is not None:
-        key = hashlib.sha256(json.dumps(
-            {"v": 2, "src": [src.name, src.format, src.annotations, src.images],
-             "file": image_identity(info), "code": _reader_code_hash()}, sort_keys=True).encode()).hexdigest()
-        uri = storage.join(cache, f"{key}.parquet")
+    uri = index_cache_uri(src, store, cache)
+    if uri is not None:
         try:
             return pq.read_table(io.BytesIO(storage.read_bytes(uri, store))).cast(INDEX_SCHEMA)
         except (FileNotFoundError, OSError, pa.ArrowInvalid):
@@ -131,14 +122,48 @@ def read_source_cached(src: SourceSpec, store: StorageSpec, cache: str | None, w
     t = read_source(src.name, src.format, src.annotations, src.images, store.options_for(src.annotations),
                     retries=store.retries)
     t = with_ann_hash(t)
-    if key is not None and write_cache:
+    if uri is not None and write_cache:
         buf = io.BytesIO()
-        pq.write_table(t, buf, compression="zstd")
+        # small row groups: a reader of a few images (preview) prunes by image_id statistics
+        pq.write_table(t, buf, compression="zstd", row_group_size=INDEX_ROW_GROUP)
         try:
-            storage.write_bytes(storage.join(cache, f"{key}.parquet"), buf.getvalue(), store)
+            storage.write_bytes(uri, buf.getvalue(), store)
         except OSError:
             pass  # a cache is an optimisation: never fail a build over it
     return t
+
+
+INDEX_ROW_GROUP = 2048
+
+
+def index_cache_uri(src: SourceSpec, store: StorageSpec, cache: str | None) -> str | None:
+    """Where the cached index of `src` lives (whether or not it exists yet); None without a cache
+    or an annotation file."""
+    if not cache:
+        return None
+    fs, path = storage.fs_and_path(src.annotations, store)
+    try:
+        info = storage.with_retries(lambda: fs.info(path), store, f"stat {src.annotations}")
+    except FileNotFoundError:
+        return None
+    key = hashlib.sha256(json.dumps(
+        {"v": 2, "src": [src.name, src.format, src.annotations, src.images],
+         "file": image_identity(info), "code": _reader_code_hash()}, sort_keys=True).encode()).hexdigest()
+    return storage.join(cache, f"{key}.parquet")
+
+
+def read_cached_images(src: SourceSpec, store: StorageSpec, cache: str | None, image_ids: list[int]
+                       ) -> pa.Table | None:
+    """Only these images' rows of the cached index (row groups pruned by image_id); None when
+    there is no cached index."""
+    uri = index_cache_uri(src, store, cache)
+    if uri is None:
+        return None
+    fs, path = storage.fs_and_path(uri, store)
+    try:
+        return pq.read_table(path, filesystem=fs, filters=[("image_id", "in", sorted(set(image_ids)))])
+    except (FileNotFoundError, OSError, pa.ArrowInvalid):
+        return None
 
 
 def load_images(sources: list[SourceSpec], exclude: set[int], limit: int | None,
