@@ -29,7 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from pipelines.build.stages.images import decode_image, fit_to_budget  # noqa: E402
 from pipelines.build.stages.verify_images import verifier_image_urls  # noqa: E402
@@ -47,7 +47,8 @@ from teachers.verifier import make_item, output_constraint  # noqa: E402
 from teachers.vllm_rows import image_data_url, unit_table  # noqa: E402
 
 
-def unit_lines(ctx: BuildContext, work_rows: list[dict[str, Any]], inline_images: bool) -> Iterator[dict[str, Any]]:
+def unit_lines(ctx: BuildContext, work_rows: Iterable[dict[str, Any]], inline_images: bool
+               ) -> Iterator[dict[str, Any]]:
     t = ctx.cfg.teacher
     with_image = t.mode == "vision"
     for image in work_rows:
@@ -149,7 +150,9 @@ def _main(argv: list[str]) -> int:
     p, *_ = plan(ctx, set(), use_existing=not args.all)
     n = 0
     with open(args.out, "w") as fh:
-        for line in unit_lines(ctx, p.work.to_pylist(), args.inline_images):
+        # batch by batch: the work list never becomes one list of Python dicts
+        rows = (r for b in p.work.to_batches(max_chunksize=1024) for r in b.to_pylist())
+        for line in unit_lines(ctx, rows, args.inline_images):
             fh.write(json.dumps(line) + "\n")
             n += 1
     print(f"wrote {n} prompts to {args.out} (teacher {ctx.teacher.label()})")
