@@ -136,7 +136,11 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--task", default="reasoning", help="the task whose prompt is edited")
     ap.add_argument("--keep", help="work folder to keep (default: a temp folder, removed)")
+    ap.add_argument("--plan-only", type=int, nargs="*", metavar="N",
+                    help="only `--dry-run` (index + plan, no Ray) at these sizes: driver RSS growth per unit")
     args = ap.parse_args()
+    if args.plan_only:
+        return plan_only(args.plan_only, args.seed, args.keep)
 
     work = args.keep or tempfile.mkdtemp(prefix="gv-scale-")
     t0 = time.monotonic()
@@ -197,6 +201,29 @@ def main() -> int:
     with open(os.path.join(ROOT, "bench", "results", "scale.json"), "w") as fh:
         json.dump({"images": args.images, "seed": args.seed, "date": time.strftime("%Y-%m-%d"), "steps": rows}, fh,
                   indent=2)
+    return 0
+
+
+def plan_only(sizes: list[int], seed: int, keep: str | None) -> int:
+    """`--dry-run` on a fresh output (parse + index + plan, no Ray, nothing written) per size."""
+    work = keep or tempfile.mkdtemp(prefix="gv-scale-plan-")
+    rows = []
+    for n in sizes:
+        src = make_source(os.path.join(work, f"source-{n}"), n, seed)
+        cfg = os.path.join(work, f"plan-{n}.yaml")
+        with open(cfg, "w") as fh:
+            json.dump({"data": {"sources": [{"name": "coco_scale", "format": "coco", **src}]},
+                       "output": {"uri": os.path.join(work, f"out-{n}")}}, fh)
+        wall, drv, _, out = run([sys.executable, BUILD, "--config", cfg, "--dry-run"])
+        units = int(next(x for x in out.splitlines() if x.startswith("plan:")).split("), ")[1].split()[0])
+        rows.append((n, units, wall, drv))
+        print(f"plan only: {n} images, {units} units: {wall:.1f} s, driver peak {drv / 2**20:.0f} MB", flush=True)
+    if len(rows) > 1:
+        (n0, u0, _, d0), (n1, u1, _, d1) = rows[0], rows[-1]
+        per_m = (d1 - d0) / 2**30 / max(1, u1 - u0) * 1e6
+        print(f"driver RSS growth: {per_m:.2f} GB per extra 1M units ({n0} -> {n1} images)")
+    if not keep:
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
