@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -49,13 +49,17 @@ def applicable_masks(images: pa.Table) -> dict[str, np.ndarray]:
     never `part` unless its source format has parts; an image without annotations for none.
     """
     n = images.num_rows
-    objs = images.column("objects").combine_chunks() if n else pa.array([], IMAGE_SCHEMA.field("objects").type)
-    parent = pc.list_parent_indices(objs).to_numpy()
-    flat = pc.list_flatten(objs)
-    crowd = _bool(flat.field("iscrowd"))
-    part = _bool(flat.field("is_part"))
-    n_whole = np.bincount(parent[~part & ~crowd], minlength=n)
-    n_part = np.bincount(parent[part & ~crowd], minlength=n)
+    n_whole = np.zeros(n, dtype=np.int64)
+    n_part = np.zeros(n, dtype=np.int64)
+    start = 0
+    for chunk in images.column("objects").chunks:  # chunk by chunk: no copy of the objects
+        parent = pc.list_parent_indices(chunk).to_numpy() + start
+        flat = pc.list_flatten(chunk)
+        crowd = _bool(flat.field("iscrowd"))
+        part = _bool(flat.field("is_part"))
+        n_whole += np.bincount(parent[~part & ~crowd], minlength=n)[:n]
+        n_part += np.bincount(parent[part & ~crowd], minlength=n)[:n]
+        start += len(chunk)
     n_absent = np.asarray(pc.fill_null(pc.list_value_length(images.column("absent_categories")), 0), dtype=np.int64)
     err = _bool(pc.is_valid(images.column("image_error")))
     empty = _bool(pc.equal(images.column("image_error"), NO_ANNOTATIONS))
@@ -86,7 +90,8 @@ class TaskPlan:
 
 @dataclass
 class Plan:
-    work: pa.Table  # IMAGE_WORK_SCHEMA: images with >= 1 unit to generate
+    images: pa.Table  # the source index the plan was made from (Arrow, shared, not copied)
+    gen: pa.Table  # the units to generate: image row `idx`, `task_rank`, PLANNED_UNIT_TYPE fields
     reused_keys: set[str]
     reuse_from: dict[str, str]  # reused key -> the batch whose rows are carried
     refilter: list[dict[str, Any]]  # units to re-check from their stored response (UNIT fields, no image)
@@ -95,6 +100,23 @@ class Plan:
     images_total: int
     images_excluded: int
     no_annotations: int = 0  # images without any annotation: no unit of any task
+
+    @property
+    def work(self) -> pa.Table:
+        """IMAGE_WORK_SCHEMA: each image with >= 1 unit to generate (built on demand: a dry run
+        never copies the images)."""
+        return _work(self.images, self.gen)
+
+    def iter_work(self, images_per_slice: int) -> Iterator[pa.Table]:
+        """`work` in slices of at most `images_per_slice` images, never all of it at once."""
+        gen = self.gen.take(pc.sort_indices(self.gen, [("idx", "ascending"), ("task_rank", "ascending")]))
+        idx = gen.column("idx").to_numpy()
+        uniq, starts = np.unique(idx, return_index=True)
+        step = max(1, images_per_slice)
+        for i in range(0, len(uniq), step):
+            lo = starts[i]
+            hi = starts[i + step] if i + step < len(uniq) else len(idx)
+            yield _work(self.images, gen.slice(lo, hi - lo))
 
     @property
     def unchanged(self) -> bool:
@@ -152,7 +174,8 @@ def make_plan(
     refilter = _refilter_rows(images, units.filter(pa.array(refilter_mask)))
     kept = set(reuse_from) | {u["gen_key"] for u in refilter}
     _count_dropped(tasks, previous, units, kept)
-    return Plan(work=_work(images, units.filter(pa.array(generate))), reused_keys=set(reuse_from),
+    gen = units.filter(pa.array(generate)).select(["idx", "task_rank", *[f.name for f in PLANNED_UNIT_TYPE]])
+    return Plan(images=images, gen=gen, reused_keys=set(reuse_from),
                 reuse_from=reuse_from, refilter=refilter, tasks=tasks, units_total=units.num_rows,
                 images_total=images.num_rows, images_excluded=images_excluded,
                 no_annotations=int(_bool(pc.equal(images.column("image_error"), NO_ANNOTATIONS)).sum()))
@@ -273,7 +296,10 @@ def split_for_stream(work: pa.Table, rows_per_block: int) -> list[pa.Table]:
         groups.setdefault(ident if ident not in (None, "missing") else ("row", i), []).append(i)
     blocks: list[pa.Table] = []
     current: list[int] = []
-    for rows in groups.values():
+    # A group larger than a block (different files with the same size + mtime, or one image many
+    # times) is cut into blocks: the identity has no path, so it is not proof of the same bytes.
+    pieces = [rows[i:i + n] for rows in groups.values() for i in range(0, len(rows), n)]
+    for rows in pieces:
         if current and len(current) + len(rows) > n:
             blocks.append(work.take(current))
             current = []

@@ -151,7 +151,7 @@ def _main(argv: list[str]) -> int:
     n = 0
     with open(args.out, "w") as fh:
         # batch by batch: the work list never becomes one list of Python dicts
-        rows = (r for b in p.work.to_batches(max_chunksize=1024) for r in b.to_pylist())
+        rows = (r for t in p.iter_work(1024) for r in t.to_pylist())
         for line in unit_lines(ctx, rows, args.inline_images):
             fh.write(json.dumps(line) + "\n")
             n += 1

@@ -116,7 +116,9 @@ def read_source_cached(src: SourceSpec, store: StorageSpec, cache: str | None, w
     uri = index_cache_uri(src, store, cache)
     if uri is not None:
         try:
-            return pq.read_table(io.BytesIO(storage.read_bytes(uri, store))).cast(INDEX_SCHEMA)
+            fs, path = storage.fs_and_path(uri, store)
+            return storage.with_retries(lambda: pq.read_table(path, filesystem=fs), store,
+                                        f"read {uri}").cast(INDEX_SCHEMA)
         except (FileNotFoundError, OSError, pa.ArrowInvalid):
             pass
     t = read_source(src.name, src.format, src.annotations, src.images, store.options_for(src.annotations),
