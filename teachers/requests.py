@@ -28,9 +28,9 @@ from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
 
+from pipelines.core.keys import REQUEST_KEY_VERSION  # the salts live with the key
 from schemas.columns import FOLLOWER_FIELDS, FOLLOWERS_COLUMN, FOLLOWERS_TYPE, UNIT_SCHEMA
 
-REQUEST_KEY_VERSION = 1
 FOLLOWER_NAMES: tuple[str, ...] = tuple(n for n, _ in FOLLOWER_FIELDS)
 LEADER_SCHEMA = pa.schema([*UNIT_SCHEMA, pa.field(FOLLOWERS_COLUMN, FOLLOWERS_TYPE)])
 

@@ -26,11 +26,11 @@ from typing import Any, Mapping
 
 import yaml
 
+from pipelines.core.keys import VERIFY_REQUEST_VERSION  # noqa: F401  (re-exported: the salts live with the key)
 from pipelines.core.object_table import build_object_table, render_object_table, table_entries
 
 KINDS = ("listener", "mask_judge")
 PROMPTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prompts")
-VERIFY_REQUEST_VERSION = "verify-request-1"  # bump when requests built here change
 
 
 class VerifyPromptError(ValueError):

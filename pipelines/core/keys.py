@@ -27,6 +27,8 @@ MESSAGES_VERSION = "1"  # teachers/messages.py: chat message rendering (vLLM tea
 REQUEST_VERSION = "vllm-request-2"  # teachers/vllm_rows.py: 2: seeds from the request key; one request per key
 ANSWER_SCHEMA_VERSION = "answer-schema-1"  # teachers/vllm_backend.py: structured-output schema
 TEMPLATE_VERSION = "template-1"  # teachers/template.py: the CPU template teacher's answers
+REQUEST_KEY_VERSION = 1  # teachers/requests.py: the request key (identical requests sent once)
+VERIFY_REQUEST_VERSION = "verify-request-1"  # teachers/verifier.py: verifier requests (verification key)
 FILTER_CODE_VERSION = "filters-2"  # pipelines/filters (2: no_referent, ambiguous_reference, attribute/part
 # name checks): not in the key; a bump re-checks stored responses
 
