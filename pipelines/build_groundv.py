@@ -44,7 +44,7 @@ from pipelines.core.secrets import scrub  # noqa: E402
 from pipelines.exits import install_sigterm, interrupted, run  # noqa: E402
 from pipelines.filters.settings import filter_version  # noqa: E402
 from pipelines.sources.readers import AnnotationFileError  # noqa: E402
-from pipelines.sources.resolve import load_exclusions, load_images, resolve_sources  # noqa: E402
+from pipelines.sources.resolve import PLAN_COLUMNS, load_exclusions, load_images, resolve_sources  # noqa: E402
 from pipelines.storage.fs import StorageError, StorageSpec, normalize_uri  # noqa: E402
 from pipelines.storage.fs import join as storage_join  # noqa: E402
 from pipelines.storage.output import (  # noqa: E402
@@ -86,11 +86,13 @@ class BuildContext:
 
 
 # ------------------------------------------------------------------------------------------- plan
-def plan(ctx: BuildContext, own_batches: set[str], use_existing: bool = True
+def plan(ctx: BuildContext, own_batches: set[str], use_existing: bool = True, counts_only: bool = False
          ) -> tuple[Plan, Ledger, Manifest | None, list]:
-    """Source index -> units -> generation keys -> anti-join with the current version + receipts."""
+    """Source index -> units -> generation keys -> anti-join with the current version + receipts.
+    `counts_only` (--dry-run): reads only the index columns the counts need; `work` is unavailable."""
     cache = storage_join(ctx.output, "cache", "index")  # a dry run reads it but never writes it
-    imgs = load_images(ctx.sources, ctx.exclude, ctx.cfg.data.limit, ctx.store, cache, write_cache=not ctx.dry_run)
+    imgs = load_images(ctx.sources, ctx.exclude, ctx.cfg.data.limit, ctx.store, cache, write_cache=not ctx.dry_run,
+                       columns=PLAN_COLUMNS if counts_only else None)
     current = latest_manifest(ctx.output, ctx.store) if use_existing else None
     committed = {s.path for s in current.shards} if current else set()
     receipts = pending_receipts(ctx.output, ctx.store, committed) if use_existing else []
@@ -328,7 +330,7 @@ def _main(argv: list[str] | None) -> int:
     own: set[str] = set()
     wall_start = time.monotonic()
     try:
-        first, ledger, current, receipts = plan(ctx, own)
+        first, ledger, current, receipts = plan(ctx, own, counts_only=args.dry_run)
     except (AnnotationFileError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:  # bad input
         print(f"groundv: input error: {scrub(str(exc))}", file=sys.stderr)
         return 2

@@ -203,6 +203,12 @@ def test_columnar_plan_rules(tmp_path):
     ledger = pa.Table.from_pylist(rows, schema=empty.schema)
     p2 = make_plan(images, tasks, idents, prompts, "T", ledger, filter_version="F")
     assert p2.units_to_generate == 1 and not p2.unchanged  # only the teacher failure is retried
+    # --dry-run reads only PLAN_COLUMNS of the index (no objects): same decisions
+    from pipelines.sources.resolve import PLAN_COLUMNS
+
+    slim = make_plan(images.select(PLAN_COLUMNS), tasks, idents, prompts, "T", ledger, filter_version="F")
+    assert {t: vars(s) for t, s in slim.tasks.items()} == {t: vars(s) for t, s in p2.tasks.items()}
+    assert slim.reuse_from == p2.reuse_from and slim.units_total == p2.units_total
     assert sum(t.generate_reasons["retry of an error"] for t in p2.tasks.values()) == 1
     fixed = images.to_pylist()
     bad = next(r for r in fixed if r["image_id"] == 900002)

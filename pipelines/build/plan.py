@@ -21,12 +21,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.core.keys import (
+    COUNT_COLUMNS,
     IMAGE_UNIT_FIELDS,
     KEY_FIELDS,
     REASON_REMOVED,
     annotation_hash,
     final_error_mask,
     generation_key,
+    object_counts,
     unit_row,
     why_column,
 )
@@ -48,19 +50,11 @@ def applicable_masks(images: pa.Table) -> dict[str, np.ndarray]:
     An image in error is planned for every task it could have had (so the error is recorded), but
     never `part` unless its source format has parts; an image without annotations for none.
     """
-    n = images.num_rows
-    n_whole = np.zeros(n, dtype=np.int64)
-    n_part = np.zeros(n, dtype=np.int64)
-    start = 0
-    for chunk in images.column("objects").chunks:  # chunk by chunk: no copy of the objects
-        parent = pc.list_parent_indices(chunk).to_numpy() + start
-        flat = pc.list_flatten(chunk)
-        crowd = _bool(flat.field("iscrowd"))
-        part = _bool(flat.field("is_part"))
-        n_whole += np.bincount(parent[~part & ~crowd], minlength=n)[:n]
-        n_part += np.bincount(parent[part & ~crowd], minlength=n)[:n]
-        start += len(chunk)
-    n_absent = np.asarray(pc.fill_null(pc.list_value_length(images.column("absent_categories")), 0), dtype=np.int64)
+    if all(c in images.column_names for c in COUNT_COLUMNS):  # cached with the index
+        counts = {c: np.asarray(pc.fill_null(images.column(c), 0), dtype=np.int64) for c in COUNT_COLUMNS}
+    else:
+        counts = object_counts(images)
+    n_whole, n_part, n_absent = counts["n_whole"], counts["n_part"], counts["n_absent"]
     err = _bool(pc.is_valid(images.column("image_error")))
     empty = _bool(pc.equal(images.column("image_error"), NO_ANNOTATIONS))
     with_parts = _bool(pc.is_in(images.column("dataset_format"), value_set=pa.array(FORMATS_WITH_PARTS)))
@@ -257,6 +251,9 @@ def _refilter_rows(images: pa.Table, stale: pa.Table) -> list[dict[str, Any]]:
     """Unit rows (no pixels) for re-checking stored responses; `batch` says where each is stored."""
     if not stale.num_rows:
         return []
+    if "objects" not in images.column_names:  # a counts-only plan (--dry-run): keys and batches
+        return [{"gen_key": k, "batch": b} for k, b in zip(stale.column("gen_key").to_pylist(),
+                                                            stale.column("stale_batch").to_pylist(), strict=True)]
     imgs = images.take(stale.column("idx")).select(list(IMAGE_UNIT_FIELDS)).to_pylist()
     keys = stale.select(list(KEY_FIELDS)).to_pylist()
     return [{**unit_row(i, k), "batch": b}

@@ -67,6 +67,29 @@ def final_error_mask(reasons: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.asarray(pc.fill_null(final, False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
+# --- which units exist: per-image object counts, computed once at indexing (cached with the index) -
+COUNT_COLUMNS = ("n_whole", "n_part", "n_absent")
+
+
+def object_counts(images: pa.Table) -> dict[str, np.ndarray]:
+    """Per image: non-crowd whole objects, non-crowd parts, verified-absent categories. Chunk by
+    chunk over the `objects` list column: no object becomes a Python value, nothing is copied."""
+    n = images.num_rows
+    whole = np.zeros(n, dtype=np.int64)
+    parts = np.zeros(n, dtype=np.int64)
+    start = 0
+    for chunk in images.column("objects").chunks:
+        parent = pc.list_parent_indices(chunk).to_numpy() + start
+        flat = pc.list_flatten(chunk)
+        crowd = np.asarray(pc.fill_null(flat.field("iscrowd"), False).to_numpy(zero_copy_only=False), dtype=bool)
+        part = np.asarray(pc.fill_null(flat.field("is_part"), False).to_numpy(zero_copy_only=False), dtype=bool)
+        whole += np.bincount(parent[~part & ~crowd], minlength=n)[:n]
+        parts += np.bincount(parent[part & ~crowd], minlength=n)[:n]
+        start += len(chunk)
+    absent = np.asarray(pc.fill_null(pc.list_value_length(images.column("absent_categories")), 0), dtype=np.int64)
+    return {"n_whole": whole, "n_part": parts, "n_absent": absent}
+
+
 def sha256_json(obj: Any) -> str:
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()

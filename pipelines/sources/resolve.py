@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.core.keys import annotation_hash, image_identity
+from pipelines.core.keys import COUNT_COLUMNS, annotation_hash, image_identity, object_counts
 from pipelines.sources.readers import read_source
 from pipelines.sources.sample_data import ensure_sample_dataset
 from pipelines.storage import fs as storage
@@ -72,7 +72,10 @@ def load_exclusions(value: Any, store: StorageSpec) -> set[int]:
     return {int(i) for i in (value or [])}
 
 
-INDEX_SCHEMA = pa.schema([*IMAGE_SCHEMA, ("ann_hash", pa.string())])  # the cached index: + key input
+# the cached index: image records + what the plan needs, computed once when the source is indexed
+INDEX_SCHEMA = pa.schema([*IMAGE_SCHEMA, ("ann_hash", pa.string()), *[(c, pa.int32()) for c in COUNT_COLUMNS]])
+# the columns a plan without a stream (--dry-run) reads: no objects, no category lists
+PLAN_COLUMNS = ["source", "dataset_format", "image_id", "image_uri", "image_error", "ann_hash", *COUNT_COLUMNS]
 
 
 def with_ann_hash(t: pa.Table) -> pa.Table:
@@ -80,7 +83,10 @@ def with_ann_hash(t: pa.Table) -> pa.Table:
     cached with the index) instead of per image on every plan pass."""
     t = t.select(IMAGE_SCHEMA.names).cast(IMAGE_SCHEMA)
     hashes = [annotation_hash(r) for r in t.to_pylist()]
-    return t.append_column("ann_hash", pa.array(hashes, pa.string()))
+    t = t.append_column("ann_hash", pa.array(hashes, pa.string()))
+    for name, values in object_counts(t).items():
+        t = t.append_column(name, pa.array(values, pa.int32()))
+    return t
 
 
 @dataclass
@@ -103,8 +109,8 @@ def _reader_code_hash() -> str:
     return h.hexdigest()
 
 
-def read_source_cached(src: SourceSpec, store: StorageSpec, cache: str | None, write_cache: bool = True
-                       ) -> pa.Table:
+def read_source_cached(src: SourceSpec, store: StorageSpec, cache: str | None, write_cache: bool = True,
+                       columns: list[str] | None = None) -> pa.Table:
     """`read_source`, memoised under <output>/cache/index/ by the annotation file's identity.
 
     Parsing COCO train2017 (860K annotations, polygons -> RLE) takes tens of seconds; a rebuild with
@@ -112,14 +118,16 @@ def read_source_cached(src: SourceSpec, store: StorageSpec, cache: str | None, w
     listing identity (ETag + size, or size + mtime), the source's name/format/images prefix and the
     reader code, so a changed file or reader never hits a stale entry. None: no cache;
     `write_cache=False` (dry runs, which write nothing) reads a cached index but never writes one.
+    `columns`: only these (INDEX_SCHEMA order), read by projection from a cached index.
     """
+    schema = pa.schema([INDEX_SCHEMA.field(c) for c in columns]) if columns else INDEX_SCHEMA
     uri = index_cache_uri(src, store, cache)
     if uri is not None:
         try:
             fs, path = storage.fs_and_path(uri, store)
-            return storage.with_retries(lambda: pq.read_table(path, filesystem=fs), store,
-                                        f"read {uri}").cast(INDEX_SCHEMA)
-        except (FileNotFoundError, OSError, pa.ArrowInvalid):
+            return storage.with_retries(lambda: pq.read_table(path, filesystem=fs, columns=schema.names), store,
+                                        f"read {uri}").cast(schema)
+        except (FileNotFoundError, OSError, pa.ArrowInvalid, KeyError):
             pass
     t = read_source(src.name, src.format, src.annotations, src.images, store.options_for(src.annotations),
                     retries=store.retries)
@@ -132,7 +140,7 @@ def read_source_cached(src: SourceSpec, store: StorageSpec, cache: str | None, w
             storage.write_bytes(uri, buf.getvalue(), store)
         except OSError:
             pass  # a cache is an optimisation: never fail a build over it
-    return t
+    return t.select(schema.names)
 
 
 INDEX_ROW_GROUP = 2048
@@ -149,7 +157,7 @@ def index_cache_uri(src: SourceSpec, store: StorageSpec, cache: str | None) -> s
     except FileNotFoundError:
         return None
     key = hashlib.sha256(json.dumps(
-        {"v": 2, "src": [src.name, src.format, src.annotations, src.images],
+        {"v": 3, "src": [src.name, src.format, src.annotations, src.images],
          "file": image_identity(info), "code": _reader_code_hash()}, sort_keys=True).encode()).hexdigest()
     return storage.join(cache, f"{key}.parquet")
 
@@ -169,17 +177,19 @@ def read_cached_images(src: SourceSpec, store: StorageSpec, cache: str | None, i
 
 
 def load_images(sources: list[SourceSpec], exclude: set[int], limit: int | None,
-                store: StorageSpec, cache: str | None = None, write_cache: bool = True) -> SourceImages:
+                store: StorageSpec, cache: str | None = None, write_cache: bool = True,
+                columns: list[str] | None = None) -> SourceImages:
     tables = []
     excluded = 0
     for src in sources:
-        t = read_source_cached(src, store, cache, write_cache)
+        t = read_source_cached(src, store, cache, write_cache, columns)
         if exclude:
             keep = pc.invert(pc.is_in(t.column("image_id"), value_set=pa.array(sorted(exclude), pa.int64())))
             excluded += t.num_rows - pc.sum(keep.cast(pa.int64())).as_py()
             t = t.filter(keep)
-        tables.append(t.cast(INDEX_SCHEMA))
-    images = pa.concat_tables(tables) if tables else INDEX_SCHEMA.empty_table()
+        tables.append(t)
+    schema = pa.schema([INDEX_SCHEMA.field(c) for c in columns]) if columns else INDEX_SCHEMA
+    images = pa.concat_tables(tables) if tables else schema.empty_table()
     if limit is not None:
         images = images.slice(0, limit)
     identities: dict[str, str] = {}
