@@ -189,12 +189,14 @@ def verify_step(ctx: BuildContext, shards: list, current: Manifest | None) -> Ve
 
 def verify_unchanged(ctx: BuildContext, current: Manifest) -> bool:
     """Whether the verify step would leave `current` as it is: same verifier, prompt and threshold
-    as recorded in its stats (or verification off, and never on)."""
+    as recorded in its stats and no pair left unverified (those are asked again), or verification
+    off and never on."""
     v = ctx.verifier
     was = (current.stats or {}).get("verify") or {}
     if not v.enabled:
         return not was.get("enabled")
-    return bool(was.get("enabled")) and was.get("identity") == v.identity() and \
+    unverified = sum((t or {}).get("unverified", 0) for t in (was.get("tasks") or {}).values())
+    return bool(was.get("enabled")) and unverified == 0 and was.get("identity") == v.identity() and \
         was.get("prompt_hash") == v.prompt.content_hash and was.get("threshold") == v.threshold
 
 
