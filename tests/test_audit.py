@@ -56,7 +56,7 @@ def test_sample_is_stratified_seeded_and_complete(audit_build):
     for t in TASKS:
         n_s = sum(r["task"] == t for r in samples)
         n_r = sum(r["task"] == t for r in pair_rejects)
-        assert a["population"][t] == {"sample": n_s, "reject": n_r}
+        assert a["population"][t] == {"sample": n_s, "reject": n_r, "verify_failed": 0}
         assert counts[(t, "sample")] == min(20, n_s) and counts[(t, "reject")] == min(5, n_r)
     assert sum(a["population"][t]["reject"] for t in TASKS) > 0
     for it in a["items"]:  # the stored pair is the version's row, field by field

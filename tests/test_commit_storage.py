@@ -124,11 +124,11 @@ def test_manifest_cli_show_diff_gc(ray_session, sample_dir, tmp_path, capsys):
     assert [int(x) for x in reasoning.split()[1:3]] == [0, 0]
 
     # gc --keep 1: the old part shards are garbage; a dry run deletes nothing.
-    assert manifest(["--output", str(out), "gc", "--keep", "1"]) == 0
+    assert manifest(["--output", str(out), "gc", "--keep", "1", "--grace-s", "0"]) == 0
     listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("data/")]
     assert listed and all("/part/" in p for p in listed)
     assert all((out / p).exists() for p in listed)
-    assert manifest(["--output", str(out), "gc", "--keep", "1", "--delete"]) == 0
+    assert manifest(["--output", str(out), "gc", "--keep", "1", "--delete", "--grace-s", "0"]) == 0
     capsys.readouterr()
     assert not any((out / p).exists() for p in listed)
     # The newest version is still whole: a rebuild has nothing to do.
