@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from pipelines.core.keys import VERIFY_REQUEST_VERSION  # noqa: F401  (re-exported: the salts live with the key)
+from pipelines.core.keys import VERIFY_REQUEST_VERSION, pair_key, verify_key  # noqa: F401  (one home: keys.py)
 from pipelines.core.object_table import build_object_table, render_object_table, table_entries
 
 KINDS = ("listener", "mask_judge")
@@ -95,24 +95,6 @@ def load_verify_prompt(kind: str, path: str | None = None) -> VerifyPrompt:
 # ------------------------------------------------------------------------------------------ keys
 def _sha(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def pair_key(sample: Mapping[str, Any]) -> str:
-    """Hash of the pair's content (its unit's generation key covers image, annotations, teacher)."""
-    return _sha(
-        [
-            sample["gen_key"],
-            sample["task"],
-            sample["subtype"],
-            sample["instruction"],
-            sample["answer"],
-            sorted(int(i) for i in sample["target_ids"] or []),
-        ]
-    )
-
-
-def verify_key(pair: str, verifier_hash: str, prompt_hash: str) -> str:
-    return _sha([pair, verifier_hash, prompt_hash])
 
 
 # ------------------------------------------------------------------------------------- requests

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -98,6 +98,27 @@ def sha256_json(obj: Any) -> str:
 def generation_key(image_identity: str, ann_hash: str, task: str, prompt_hash: str, teacher_hash: str) -> str:
     return sha256_json({"v": KEY_VERSION, "image": image_identity, "ann": ann_hash, "task": task,
                         "prompt": prompt_hash, "teacher": teacher_hash, "code": PROMPT_CODE_VERSION})
+
+
+def request_key(image: str | None, table_text: str, local_ids: Iterable[int], task: str, prompt_hash: str,
+                teacher_hash: str) -> str:
+    """sha256 over what the teacher sees (identical requests are sent once, teachers/requests.py).
+    `image`: a digest of the exact image bytes sent (None for a text teacher, which never sees one)."""
+    return sha256_json({"v": REQUEST_KEY_VERSION, "image": image, "table": table_text,
+                        "ids": sorted(int(i) for i in local_ids), "task": task, "prompt": prompt_hash,
+                        "teacher": teacher_hash})
+
+
+def pair_key(sample: Mapping[str, Any]) -> str:
+    """Hash of one accepted pair's content (its unit's generation key covers image, annotations,
+    teacher): what the verifier judges."""
+    return sha256_json([sample["gen_key"], sample["task"], sample["subtype"], sample["instruction"],
+                        sample["answer"], sorted(int(i) for i in sample["target_ids"] or [])])
+
+
+def verify_key(pair: str, verifier_hash: str, prompt_hash: str) -> str:
+    """The verification key: a stored verdict is reused while pair, verifier and its prompt agree."""
+    return sha256_json([pair, verifier_hash, prompt_hash])
 
 
 def annotation_hash(image: Mapping[str, Any]) -> str:
