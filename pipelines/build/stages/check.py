@@ -44,63 +44,63 @@ def error_row(unit: Mapping[str, Any], stage: str, reason: str, text: str, teach
     }
 
 
+def _sample_row(unit: Mapping[str, Any], p: Any, teacher: str, fversion: str) -> dict[str, Any]:
+    return {
+        "sample_id": sample_id(unit["gen_key"], p.pair_index), "gen_key": unit["gen_key"],
+        "source": unit["source"], "image_id": unit["image_id"], "image_uri": unit["image_uri"],
+        "width": unit["width"], "height": unit["height"], "task": unit["task"],
+        "subtype": p.subtype, "instruction": p.instruction, "answer": p.answer,
+        "target_ids": list(p.target_ann_ids), "mask": p.mask, "bboxes": p.bboxes,
+        "prompt_hash": unit["prompt_hash"], "teacher": teacher, "filter_version": fversion,
+    }
+
+
+def _reject_row(unit: Mapping[str, Any], pair_index: int, reason: str, detail: str, teacher: str, fversion: str,
+                r: Any = None) -> dict[str, Any]:
+    """A reject of one pair (r given) or of the whole response (pair_index -1: keeps the raw text)."""
+    return {
+        "gen_key": unit["gen_key"], "source": unit["source"], "image_id": unit["image_id"],
+        "task": unit["task"], "pair_index": pair_index, "reason": reason, "detail": detail,
+        "subtype": getattr(r, "subtype", None), "instruction": getattr(r, "instruction", None),
+        "answer": getattr(r, "answer", None),
+        "target_local_ids": list(r.target_local_ids) if getattr(r, "target_local_ids", None) is not None else None,
+        "raw_response": unit["response"] if pair_index < 0 else None,
+        "prompt_hash": unit["prompt_hash"], "teacher": teacher, "filter_version": fversion,
+    }
+
+
+def _unit_errors(unit: Mapping[str, Any], teacher: str) -> list[dict[str, Any]]:
+    """The error row of a unit that failed before the checks (image, annotation, teacher), if any."""
+    if unit.get("unit_error"):
+        reason = unit["unit_error"]
+        stage = "annotations" if reason.startswith("annotation:") else (
+            "read" if reason in ("missing_image", "read_failed", "unsafe_path") else "decode")
+        return [error_row(unit, stage, reason.removeprefix("annotation:"),
+                          unit.get("unit_error_detail") or reason, teacher)]
+    if unit.get("teacher_error") is not None or unit.get("response") is None:
+        msg = unit.get("teacher_error") or "teacher returned no response"
+        return [error_row(unit, "teacher", teacher_error_reason(msg), msg, teacher)]
+    return []
+
+
 def check_one(
     unit: Mapping[str, Any], settings: FilterSettings, knowledge: Any, teacher: str, fversion: str
 ) -> dict[str, Any]:
     """One unit (+ teacher output) -> one UNIT_RESULT row."""
     samples: list[dict[str, Any]] = []
     rejects: list[dict[str, Any]] = []
-    errors: list[dict[str, Any]] = []
-    result = None
-    if unit.get("unit_error"):
-        reason = unit["unit_error"]
-        stage = "annotations" if reason.startswith("annotation:") else (
-            "read" if reason in ("missing_image", "read_failed", "unsafe_path") else "decode")
-        errors.append(error_row(unit, stage, reason.removeprefix("annotation:"),
-                                unit.get("unit_error_detail") or reason, teacher))
-    elif unit.get("teacher_error") is not None or unit.get("response") is None:
-        msg = unit.get("teacher_error") or "teacher returned no response"
-        errors.append(error_row(unit, "teacher", teacher_error_reason(msg), msg, teacher))
-    else:
+    errors = _unit_errors(unit, teacher)
+    if not errors:
         try:
             result = check_unit(unit, unit["response"], unit.get("finish_reason"), settings, knowledge)
         except (ValueError, KeyError, TypeError) as exc:  # a broken annotation the reader let through
             errors.append(error_row(unit, "check", "check_failed", f"{type(exc).__name__}: {exc}"[:500], teacher))
-            result = None
-    if result is not None:
-        for p in result.accepted:
-            samples.append(
-                {
-                    "sample_id": sample_id(unit["gen_key"], p.pair_index), "gen_key": unit["gen_key"],
-                    "source": unit["source"], "image_id": unit["image_id"], "image_uri": unit["image_uri"],
-                    "width": unit["width"], "height": unit["height"], "task": unit["task"],
-                    "subtype": p.subtype, "instruction": p.instruction, "answer": p.answer,
-                    "target_ids": list(p.target_ann_ids), "mask": p.mask, "bboxes": p.bboxes,
-                    "prompt_hash": unit["prompt_hash"], "teacher": teacher, "filter_version": fversion,
-                }
-            )
-        for r in result.rejected:
-            rejects.append(
-                {
-                    "gen_key": unit["gen_key"], "source": unit["source"], "image_id": unit["image_id"],
-                    "task": unit["task"], "pair_index": r.pair_index, "reason": r.reason, "detail": r.detail,
-                    "subtype": r.subtype, "instruction": r.instruction, "answer": r.answer,
-                    "target_local_ids": list(r.target_local_ids) if r.target_local_ids is not None else None,
-                    "raw_response": unit["response"] if r.pair_index < 0 else None,
-                    "prompt_hash": unit["prompt_hash"], "teacher": teacher, "filter_version": fversion,
-                }
-            )
-        if not samples and not rejects and not errors:
-            # A valid but empty answer ({"pairs": []}) still ends as exactly one outcome.
-            rejects.append(
-                {
-                    "gen_key": unit["gen_key"], "source": unit["source"], "image_id": unit["image_id"],
-                    "task": unit["task"], "pair_index": -1, "reason": "no_pairs",
-                    "detail": "the response holds no pairs", "subtype": None, "instruction": None,
-                    "answer": None, "target_local_ids": None, "raw_response": unit["response"],
-                    "prompt_hash": unit["prompt_hash"], "teacher": teacher, "filter_version": fversion,
-                }
-            )
+        else:
+            samples = [_sample_row(unit, p, teacher, fversion) for p in result.accepted]
+            rejects = [_reject_row(unit, r.pair_index, r.reason, r.detail, teacher, fversion, r)
+                       for r in result.rejected]
+            if not samples and not rejects:  # a valid but empty answer ({"pairs": []}): still one outcome
+                rejects.append(_reject_row(unit, -1, "no_pairs", "the response holds no pairs", teacher, fversion))
     outcome = OUTCOME_ERROR if errors else (OUTCOME_ACCEPTED if samples else OUTCOME_REJECTED)
     raw = {
         "gen_key": unit["gen_key"], "source": unit["source"], "image_id": unit["image_id"],
