@@ -290,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         if not lines:
             sys.stderr.write(proc.stderr[-4000:])
             raise SystemExit(f"[bench] {path} path failed (exit {proc.returncode})")
-        results[name] = json.loads(lines[-1][len("RESULT "):])
+        # raw_decode: a worker's log line can land on the same stdout line right after the JSON
+        results[name] = json.JSONDecoder().raw_decode(lines[-1][len("RESULT "):])[0]
         results[name]["loadavg_1m"] = [round(load0, 1), round(os.getloadavg()[0], 1)]
         print(f"[bench] {name}: {results[name]}", flush=True)
     for r in results.values():
