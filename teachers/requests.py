@@ -16,35 +16,21 @@ The sampling seed is drawn from the request key (teachers/vllm_rows.py), so the 
 depend on which unit happened to lead. Duplicates are found within one stream block; the plan
 puts every record of an image into the same block (pipelines/build/plan.split_for_stream).
 
-Lives in teachers/ (not next to the generation key in pipelines/core/keys.py) because it needs the
-teacher's own rendering of the object table; the hashing rule is here and nowhere else.
+The hashing rule, `request_key()`, lives next to the generation key in pipelines/core/keys.py; the
+teacher supplies what goes into it (its own rendering of the object table, the image digest).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
 
-from pipelines.core.keys import REQUEST_KEY_VERSION  # the salts live with the key
+from pipelines.core.keys import request_key  # noqa: F401  (re-exported: the key lives with the generation key)
 from schemas.columns import FOLLOWER_FIELDS, FOLLOWERS_COLUMN, FOLLOWERS_TYPE, UNIT_SCHEMA
 
 FOLLOWER_NAMES: tuple[str, ...] = tuple(n for n, _ in FOLLOWER_FIELDS)
 LEADER_SCHEMA = pa.schema([*UNIT_SCHEMA, pa.field(FOLLOWERS_COLUMN, FOLLOWERS_TYPE)])
-
-
-def request_key(image: str | None, table_text: str, local_ids: Iterable[int], task: str, prompt_hash: str,
-                teacher_hash: str) -> str:
-    """sha256 over what the teacher sees. `image`: a digest of the exact image bytes sent (None
-    for a text teacher, which never sees one)."""
-    blob = json.dumps(
-        {"v": REQUEST_KEY_VERSION, "image": image, "table": table_text, "ids": sorted(int(i) for i in local_ids),
-         "task": task, "prompt": prompt_hash, "teacher": teacher_hash},
-        sort_keys=True, separators=(",", ":"),
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def collapse_requests(table: pa.Table, key_of: Any) -> pa.Table:

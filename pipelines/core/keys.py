@@ -100,6 +100,16 @@ def generation_key(image_identity: str, ann_hash: str, task: str, prompt_hash: s
                         "prompt": prompt_hash, "teacher": teacher_hash, "code": PROMPT_CODE_VERSION})
 
 
+def request_key(image: str | None, table_text: str, local_ids: Any, task: str, prompt_hash: str,
+                teacher_hash: str) -> str:
+    """What the teacher actually sees, hashed: identical requests are sent once and their answer is
+    shared by every unit mapping to them (teachers/requests.py). `image`: a digest of the exact
+    image bytes sent (None for a text teacher, which never sees one)."""
+    return sha256_json({"v": REQUEST_KEY_VERSION, "image": image, "table": table_text,
+                        "ids": sorted(int(i) for i in local_ids), "task": task, "prompt": prompt_hash,
+                        "teacher": teacher_hash})
+
+
 def annotation_hash(image: Mapping[str, Any]) -> str:
     """Hash of everything the unit shows or is checked against (objects with masks, negatives)."""
     return sha256_json(
