@@ -16,8 +16,8 @@ The sampling seed is drawn from the request key (teachers/vllm_rows.py), so the 
 depend on which unit happened to lead. Duplicates are found within one stream block; the plan
 puts every record of an image into the same block (pipelines/build/plan.split_for_stream).
 
-Lives in teachers/ (not next to the generation key in pipelines/core/keys.py) because it needs the
-teacher's own rendering of the object table; the hashing rule is here and nowhere else.
+The hashing rule, `request_key()`, lives next to the generation key in pipelines/core/keys.py; the
+teacher supplies what goes into it (its own rendering of the object table, the image digest).
 """
 
 from __future__ import annotations

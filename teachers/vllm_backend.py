@@ -112,8 +112,8 @@ class VllmTeacher(Teacher):
         self.n_pairs = teacher_cfg.pairs_per_unit
         self.max_pixels = teacher_cfg.max_pixels
         # The patch grid the stream resizes to (pipelines.config.grid_factor): changes the pixels.
-        self.grid = {"patch_size": teacher_cfg.patch_size, "merge_size": teacher_cfg.merge_size,
-                     "min_pixels": teacher_cfg.min_pixels}
+        self.grid = {k: getattr(teacher_cfg, k, d) for k, d in
+                     (("patch_size", 14), ("merge_size", 2), ("min_pixels", 3136))}
         self.model_source = v.model_source
         if not self.model_source:
             raise ValueError("teacher.vllm.model_source is empty (hub id, local path or s3:// copy)")
@@ -122,7 +122,7 @@ class VllmTeacher(Teacher):
         self.min_engines = v.min_engines
         self.max_engines = v.max_engines
         self.batch_size = v.batch_size
-        self.max_concurrent_batches = v.max_concurrent_batches
+        self.max_concurrent_batches = getattr(v, "max_concurrent_batches", None)  # older configs lack it
         self.gpus_per_engine = v.gpus_per_engine
         self.cpu_only = v.cpu_only
         self.runtime_env = _plain(v.runtime_env) or None

@@ -1,0 +1,36 @@
+"""bench/teacher_throughput.py: every command-line override reaches the teacher it measures."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.teacher_throughput import load_teacher_cfg, parse_args
+from teachers.prompts import default_prompts_dir, load_prompts
+from teachers.vllm_backend import VllmTeacher
+
+
+@pytest.mark.unit
+def test_cpu_tiny_layer_sits_under_the_overrides():
+    """Fails on the old bench: --cpu-tiny set batch_size=8 and replaced engine_kwargs after the
+    overrides had been applied, so these two were silently dropped."""
+    args = parse_args(["--cpu-tiny", "--model-dir", "/tmp/none", "teacher.vllm.batch_size=5",
+                       "teacher.vllm.engine_kwargs.max_num_seqs=7", "teacher.vllm.max_concurrent_batches=3"])
+    cfg = load_teacher_cfg(args)
+    v = cfg.teacher.vllm
+    assert v.batch_size == 5 and v.max_concurrent_batches == 3
+    assert v.engine_kwargs["max_num_seqs"] == 7 and v.engine_kwargs["max_model_len"] == 4096  # merged
+    assert v.cpu_only and cfg.teacher.max_pixels == 224 * 224
+    teacher = VllmTeacher(cfg.teacher, load_prompts(default_prompts_dir(), list(cfg.tasks)))
+    pc = teacher.processor_config()
+    assert (pc.batch_size, pc.max_concurrent_batches) == (5, 3)
+
+
+@pytest.mark.unit
+def test_in_flight_requests_cover_the_engine_scheduler():
+    """Default in-flight requests per engine >= 1.5 x max_num_seqs, and the scheduler limits are
+    explicit (Ray's ENGINE_CONTEXT would otherwise fall back to 128 seqs / 2048 tokens)."""
+    cfg = load_teacher_cfg(parse_args(["--cpu-tiny", "--model-dir", "/tmp/none", "teacher.vllm.batch_size=8"]))
+    teacher = VllmTeacher(cfg.teacher, load_prompts(default_prompts_dir(), list(cfg.tasks)))
+    kw = teacher.engine_kwargs
+    assert (kw["max_num_seqs"], kw["max_num_batched_tokens"]) == (256, 4096)
+    assert teacher.concurrent_batches() * 8 >= 1.5 * 256
