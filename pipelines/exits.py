@@ -13,6 +13,7 @@ import sys
 import traceback
 from typing import Any, Callable
 
+from pipelines.build.commit import CommitConflict
 from pipelines.config import ConfigError
 from pipelines.core.secrets import scrub
 from pipelines.storage.fs import StorageError
@@ -44,6 +45,8 @@ def exit_code(exc: BaseException) -> tuple[int, str]:
         return EXIT_TERMINATED, f"terminated (SIGTERM); {RESUME_HINT}"
     if isinstance(exc, ConfigError):
         return EXIT_USAGE, f"configuration error: {exc}"
+    if isinstance(exc, CommitConflict):  # another build or compaction committed meanwhile
+        return EXIT_RACE, f"{exc}; run the same command again"
     if isinstance(exc, (NotFound, LookupError)):
         return EXIT_NOT_FOUND, str(exc).strip("'\"")
     if isinstance(exc, StorageError):
