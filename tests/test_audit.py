@@ -74,7 +74,7 @@ def test_sample_is_stratified_seeded_and_complete(audit_build):
 def test_cli_bad_input_is_a_message(audit_build, capsys):
     out = audit_build
     cases = [
-        (["sample", "--name", "x1", "--version", "99"], "no version 99"),
+        (["sample", "--name", "x1", "--version", "99"], "version 99 not found"),
         (["sample", "--name", "x2", "--per-task", "0"], "nothing to draw"),
         (["sample", "--name", "../evil"], "bad audit name"),
         (["serve", "--name", "missing", "--port", "0"], "no audit 'missing'"),
@@ -210,7 +210,7 @@ def test_garbage_collected_version(audit_build, capsys):
     shutil.copytree(audit_build, out)
     draw_sample(out, "old", LOCAL, per_task=3, version=1)
     VerdictLog(out, "old", "alice", [i["key"] for i in load_sample(out, "old", LOCAL)["items"]], LOCAL)
-    assert manifest_main(["--output", out, "gc", "--keep", "1", "--delete"]) == 0
+    assert manifest_main(["--output", out, "gc", "--keep", "1", "--delete", "--grace-s", "0"]) == 0
     capsys.readouterr()
     assert audit_main(["--output", out, "serve", "--name", "old", "--port", "0"]) == 1
     err = capsys.readouterr().err
@@ -272,7 +272,7 @@ def test_card_of_an_audited_version(audit_build, tmp_path, capsys):
     for j, k in enumerate(keys):
         log.give(k, "n" if j % 5 == 0 else "y", "other", vid=str(j))
     assert card_main(["--output", out, "--version", "9"]) == 1
-    assert "no version 9" in capsys.readouterr().err
+    assert "version 9 not found" in capsys.readouterr().err
     assert card_main(["--output", out, "--version", "2"]) == 0
     capsys.readouterr()
     card = Path(out) / "cards/v000002"

@@ -25,6 +25,7 @@ from pipelines.storage import fs as storage
 from pipelines.storage import guard
 from pipelines.storage import output as state
 from pipelines.storage.fs import StorageSpec
+from pipelines.storage.output import VersionNotFound  # noqa: F401 - part of the loader API
 from schemas.columns import KIND_SAMPLES, KIND_SCHEMAS
 from schemas.manifest import Manifest
 
@@ -37,10 +38,6 @@ if TYPE_CHECKING:  # heavy / optional imports, only for annotations
 HF_DATASETS_PIN = "datasets==5.2.0"
 
 
-class VersionNotFound(LookupError):
-    """The output has no manifests, or not the requested version."""
-
-
 def normalize_output(output_uri: str) -> str:
     """Local outputs as absolute paths (what the builder records); s3:// unchanged."""
     return storage.normalize_uri(output_uri)
@@ -48,16 +45,7 @@ def normalize_output(output_uri: str) -> str:
 
 def load_manifest(output_uri: str, version: int | None = None, endpoint_url: str | None = None) -> Manifest:
     """The manifest of `version` (default: the latest committed one)."""
-    output = normalize_output(output_uri)
-    store = StorageSpec(endpoint_url)
-    versions = state.list_versions(output, store)
-    if not versions:
-        raise VersionNotFound(f"no committed version under {output} (no manifests/v*.json)")
-    if version is None:
-        version = versions[-1]
-    if version not in versions:
-        raise VersionNotFound(f"version {version} not found under {output}; committed versions: {versions}")
-    return state.load_manifest(output, version, store)
+    return state.resolve_version(normalize_output(output_uri), version, StorageSpec(endpoint_url))
 
 
 def shard_uris(manifest: Manifest, output_uri: str, kind: str = KIND_SAMPLES, task: str | None = None) -> list[str]:

@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 
 from pipelines.quality.store import AuditError, create_record, sample_uri
 from pipelines.storage import fs as storage
+from pipelines.storage import output as output_versions
 from pipelines.storage.fs import StorageSpec
-from pipelines.storage.output import list_versions, load_manifest
 from schemas.columns import KIND_REJECTS, KIND_SAMPLES, KIND_VERIFY_FAILED, TASKS
 from schemas.manifest import Manifest
 
@@ -37,14 +37,10 @@ REJECT_COLUMNS = ["gen_key", "source", "image_id", "task", "pair_index", "reason
 
 
 def resolve_version(output: str, version: int | None, store: StorageSpec) -> Manifest:
-    versions = list_versions(output, store)
-    if not versions:
-        raise AuditError(f"no committed version under {output} (run the build first)")
-    if version is None:
-        version = versions[-1]
-    if version not in versions:
-        raise AuditError(f"no version {version} under {output}; committed versions: {versions}")
-    return load_manifest(output, version, store)
+    try:
+        return output_versions.resolve_version(output, version, store)
+    except output_versions.VersionNotFound as exc:  # said the audit's way (exit 1, one line)
+        raise AuditError(f"{exc}") from None
 
 
 def _read(output: str, path: str, columns: list[str], store: StorageSpec, filt: Any = None):

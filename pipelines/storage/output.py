@@ -45,6 +45,23 @@ def load_manifest(output: str, version: int, store: StorageSpec) -> Manifest:
     return Manifest.from_json(storage.read_bytes(manifest_uri(output, version), store).decode())
 
 
+class VersionNotFound(LookupError):
+    """The output has no manifests, or not the requested version."""
+
+
+def resolve_version(output: str, version: int | None, store: StorageSpec) -> Manifest:
+    """The manifest of `version` (default: the latest committed one), or VersionNotFound saying
+    which versions exist: what every reader of a committed version (loaders, audit, card) needs."""
+    versions = list_versions(output, store)
+    if not versions:
+        raise VersionNotFound(f"no committed version under {output} (no manifests/v*.json)")
+    if version is None:
+        version = versions[-1]
+    if version not in versions:
+        raise VersionNotFound(f"version {version} not found under {output}; committed versions: {versions}")
+    return load_manifest(output, version, store)
+
+
 def latest_manifest(output: str, store: StorageSpec) -> Manifest | None:
     versions = list_versions(output, store)
     return load_manifest(output, versions[-1], store) if versions else None
