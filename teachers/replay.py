@@ -14,12 +14,12 @@ exists. A new batch of answers from another teacher gets a new replay_source, he
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import TYPE_CHECKING, Any, Mapping
 
 import pyarrow as pa
 
 from pipelines.storage.fs import StorageSpec, fs_and_path, with_retries
+from pipelines.storage.jsonl import jsonl_objects
 from teachers.base import Teacher, append_teacher_columns
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,20 +41,7 @@ def parse_responses(data: bytes, uri: str) -> dict[str, dict[str, Any]]:
     different response stops the job with the file and the line number.
     """
     out: dict[str, dict[str, Any]] = {}
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ReplayFileError(f"{uri}: not UTF-8 text ({exc})") from None
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{uri} line {lineno}"
-        try:
-            rec = json.loads(line)
-        except ValueError as exc:
-            raise ReplayFileError(f"{where}: not a JSON object ({exc})") from None
-        if not isinstance(rec, dict):
-            raise ReplayFileError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    for where, rec in jsonl_objects(data, uri, ReplayFileError):
         key, response = rec.get("gen_key"), rec.get("response")
         if not isinstance(key, str) or not key:
             raise ReplayFileError(f"{where}: 'gen_key' must be a non-empty string")

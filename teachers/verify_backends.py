@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from pipelines.core.secrets import is_secret_key
 from pipelines.storage.fs import StorageSpec, read_bytes
+from pipelines.storage.jsonl import jsonl_objects
 from teachers.verifier import (
     VERIFY_REQUEST_VERSION,
     VerifyPrompt,
@@ -100,15 +101,8 @@ class ReplayVerifier(Verifier):
 def parse_verdicts(data: bytes, uri: str) -> Answers:
     """JSONL {"verify_key", "response"[, "p_pass"]} -> answers; malformed lines stop the job."""
     out: Answers = {}
-    for lineno, line in enumerate(data.decode("utf-8", errors="strict").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{uri} line {lineno}"
-        try:
-            rec = json.loads(line)
-        except ValueError as exc:
-            raise VerifyFileError(f"{where}: not a JSON object ({exc})") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("verify_key"), str):
+    for where, rec in jsonl_objects(data, uri, VerifyFileError):
+        if not isinstance(rec.get("verify_key"), str):
             raise VerifyFileError(f"{where}: needs a string 'verify_key'")
         if not isinstance(rec.get("response"), str):
             raise VerifyFileError(f"{where}: 'response' must be a string (the verifier's raw text)")

@@ -129,6 +129,12 @@ def test_replay_verdict_file_errors_name_the_line(tmp_path):
     assert ok == {"a": {"response": "correct", "p_pass": 0.9}}
     with pytest.raises(VerifyFileError, match="f.jsonl line 2"):
         parse_verdicts(b'{"verify_key": "a", "response": "x"}\n{"verify_key": 3}\n', "f.jsonl")
+    # Not UTF-8 / not an object: the file is named like every other malformed line (was a bare
+    # UnicodeDecodeError naming nothing).
+    with pytest.raises(VerifyFileError, match="f.jsonl: not UTF-8"):
+        parse_verdicts(b'{"verify_key": "a", "response": "\xff"}\n', "f.jsonl")
+    with pytest.raises(VerifyFileError, match="f.jsonl line 1: expected a JSON object"):
+        parse_verdicts(b'["a"]\n', "f.jsonl")
     with pytest.raises(VerifyFileError, match="probability"):
         parse_verdicts(b'{"verify_key": "a", "response": "x", "p_pass": 2}\n', "f.jsonl")
 
