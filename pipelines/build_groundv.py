@@ -139,7 +139,7 @@ def stream(ctx: BuildContext, p: Plan, ledger: Ledger, progress: Progress) -> se
 # ----------------------------------------------------------------------------------------- commit
 def commit(ctx: BuildContext, p: Plan, ledger: Ledger, current: Manifest | None, receipts: list,
            first_plan: Plan, progress: Progress, wall_start: float) -> Manifest:
-    shards, covered = select_existing(ledger, p.reuse_from, ctx.output, ctx.store)
+    shards, covered = select_existing(ledger, p.reuse_from, ctx.output, ctx.store, p.relocate)
     missing = p.reused_keys - covered
     if missing:  # never commit a version that silently lost units
         raise RuntimeError(f"{len(missing)} planned units have no rows in any shard; re-run the build")
@@ -222,7 +222,7 @@ def build_stats(first: Plan, progress: Progress, shards, wall_s: float, cfg) -> 
         s = per.get(t, {})
         tasks[t] = {
             "planned": tp.planned, "reused": tp.reused, "generated": tp.generate, "dropped": tp.dropped,
-            "not_applicable": tp.not_applicable, "refiltered": tp.refilter,
+            "not_applicable": tp.not_applicable, "refiltered": tp.refilter, "relocated": tp.relocated,
             "teacher_calls": s.get("teacher_calls", 0), "requests_saved": s.get("requests_saved", 0),
             "accepted": s.get("accepted", 0), "rejected": s.get("rejected", 0), "errors": s.get("errors", 0),
             "units_accepted": s.get("units_accepted", 0), "units_rejected": s.get("units_rejected", 0),
@@ -232,7 +232,8 @@ def build_stats(first: Plan, progress: Progress, shards, wall_s: float, cfg) -> 
             "rows_in_dataset": rows_in[t],
         }
     tot = totals(per)
-    keys = ("planned", "reused", "generated", "refiltered", "dropped", "not_applicable", "rows_in_dataset")
+    keys = ("planned", "reused", "generated", "refiltered", "relocated", "dropped", "not_applicable",
+            "rows_in_dataset")
     total_row = {**{k: sum(v[k] for v in tasks.values()) for k in keys},
                  **{k: tot[k] for k in ("teacher_calls", "requests_saved", "accepted", "rejected", "errors",
                                         "prompt_tokens", "output_tokens")}}
@@ -247,6 +248,9 @@ def build_stats(first: Plan, progress: Progress, shards, wall_s: float, cfg) -> 
         "cost_per_1000_accepted_usd": round(1000 * cost / tot["accepted"], 4) if cost and tot["accepted"] else None,
         "images": first.images_total, "images_excluded": first.images_excluded,
         "images_no_annotations": first.no_annotations,
+        # moved images folder: reused units whose rows now name the current location (no unit ran)
+        "images_moved": first.images_moved, "units_relocated": len(first.relocate),
+        "locations_unrecorded": first.locations_unrecorded,
         "units_planned": first.units_total, "units_reused": sum(t.reused for t in first.tasks.values()),
         "teacher_calls": tot["teacher_calls"], "requests_saved": tot["requests_saved"],
         "prompt_tokens": tot["prompt_tokens"],

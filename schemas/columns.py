@@ -246,6 +246,10 @@ RAW_SCHEMA = pa.schema(
         ("gen_key", pa.string()),
         ("source", pa.string()),
         ("image_id", pa.int64()),
+        # where the unit's rows say the image is: the plan compares it with the source's current
+        # location, so a moved images folder rewrites this column instead of re-running the unit
+        # (null in ledgers written before it existed)
+        ("image_uri", pa.string()),
         ("task", pa.string()),
         *KEY_COMPONENT_FIELDS,
         ("outcome", pa.string()),  # accepted | rejected | error

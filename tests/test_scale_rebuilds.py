@@ -76,14 +76,47 @@ def test_final_errors_and_empty_images_make_a_noop_rebuild(ray_session, coco_cop
 
 
 @pytest.mark.ray
-def test_copied_images_folder_reruns_nothing(ray_session, coco_copy, tmp_path, capsys):
+def test_moved_images_folder_reruns_nothing_and_rows_name_the_new_place(ray_session, coco_copy, tmp_path, capsys):
+    """A moved images folder keeps every key (identity has no path), so no unit runs again; but the
+    version's rows must name where the images are now, or loaders open files that are gone."""
+    from PIL import Image
+
+    from pipelines.consumers.dataset import to_arrow_dataset
+
     out = tmp_path / "out"
     assert _build(coco_copy, out) == 0
+    v1 = latest_manifest(str(out))
     moved = tmp_path / "elsewhere" / "images"
-    shutil.copytree(coco_copy["images"], moved)  # same bytes, same mtimes, another path
+    moved.parent.mkdir()
+    shutil.move(str(coco_copy["images"]), str(moved))  # a rename: same bytes, same mtimes
     capsys.readouterr()
     assert _build(coco_copy, out, images=moved) == 0
-    assert "nothing changed, v1 is current" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    v2 = latest_manifest(str(out))
+    assert v2["version"] == 2  # the rows changed (their image_uri): a new version, with 0 units run
+    st = v2["stats"]
+    assert st["teacher_calls"] == 0 and st["totals"]["generated"] == 0 and st["totals"]["dropped"] == 0
+    assert st["units_reused"] == st["units_planned"] == st["units_relocated"] == v1["stats"]["units_planned"]
+    n_images = len({(r["source"], r["image_id"]) for r in read_kind(str(out), v2, "raw").to_pylist()})
+    assert st["images_moved"] == n_images > 0
+    assert f"{n_images} images moved" in said
+    for kind in ("samples", "errors", "raw"):
+        rows = read_kind(str(out), v2, kind).to_pylist()
+        assert rows and all(r["image_uri"].startswith(str(moved) + "/") and os.path.exists(r["image_uri"])
+                            for r in rows), kind
+    # The same rows otherwise: every column but image_uri is what v1 had.
+    for kind in ("samples", "errors", "rejects"):
+        def strip(rows):
+            return sorted((json.dumps({k: v for k, v in r.items() if k != "image_uri"}, sort_keys=True, default=str)
+                           for r in rows))
+        assert strip(read_kind(str(out), v1, kind).to_pylist()) == strip(read_kind(str(out), v2, kind).to_pylist())
+    samples = to_arrow_dataset(str(out)).to_table()
+    assert samples.num_rows == sum(s["rows"] for s in v2["shards"] if s["kind"] == "samples") > 0
+    for uri in set(samples.column("image_uri").to_pylist()):
+        with Image.open(uri) as im:
+            im.load()
+    assert _build(coco_copy, out, images=moved) == 0
+    assert "nothing changed, v2 is current" in capsys.readouterr().out
 
 
 def _files(root: Path) -> dict[str, tuple[int, int]]:

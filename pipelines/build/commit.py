@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Mapping
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.build.stages.shards import parquet_bytes, shard_path
+from pipelines.build.stages.shards import conform, parquet_bytes, shard_path
 from pipelines.storage import fs as storage
+from pipelines.storage import guard
 from pipelines.storage.fs import StorageSpec
 from pipelines.storage.output import Ledger, manifest_uri
-from schemas.columns import KIND_RAW
+from schemas.columns import KIND_RAW, KIND_SCHEMAS
 from schemas.manifest import Manifest, ShardEntry
 
 
@@ -63,13 +64,17 @@ def check_shrink(previous: Manifest | None, shards: list[ShardEntry], allow: boo
 
 
 def select_existing(
-    ledger: Ledger, reuse_from: dict[str, str], output: str, store: StorageSpec
+    ledger: Ledger, reuse_from: dict[str, str], output: str, store: StorageSpec,
+    relocate: Mapping[str, str | None] | None = None,
 ) -> tuple[list[ShardEntry], set[str]]:
     """Existing shards to carry into the new version, rewriting partially kept batches.
 
     `reuse_from` maps each reused unit to the one batch that provides its rows (the plan's choice),
-    so a unit is never taken twice. Returns (entries, keys covered).
+    so a unit is never taken twice. `relocate` (the plan's moved images: gen_key -> current uri)
+    rewrites the `image_uri` column of the batches that hold those units, and nothing else.
+    Returns (entries, keys covered).
     """
+    relocate = relocate or {}
     keys_by_batch: dict[str, list[str]] = {}
     rows = ledger.rows
     for key, batch in zip(rows.column("gen_key").to_pylist(), rows.column("batch").to_pylist(), strict=True):
@@ -83,44 +88,64 @@ def select_existing(
             continue
         covered.update(keep)
         shards = ledger.shards_by_batch[batch]
-        if len(keep) == len(keys):
+        moved = {k: relocate[k] for k in keep if k in relocate}
+        if len(keep) == len(keys) and not moved:
             out.extend(shards)
             continue
-        new_batch = hashlib.sha256((batch + "\n" + "\n".join(sorted(keep))).encode()).hexdigest()[:24]
+        # a new label: the old one keeps naming the old shards (older versions, stale receipts)
+        label = "\n".join([batch, *sorted(keep), *sorted(f"{k}={v}" for k, v in moved.items())])
+        new_batch = hashlib.sha256(label.encode()).hexdigest()[:24]
         for s in shards:
-            entry = rewrite_shard(s, set(keep), new_batch, output, store)
+            entry = rewrite_shard(s, set(keep), new_batch, output, store, moved)
             if entry is not None:
                 out.append(entry)
     return out, covered
 
 
 def rewrite_shard(
-    entry: ShardEntry, keep: set[str], new_batch: str, output: str, store: StorageSpec
+    entry: ShardEntry, keep: set[str], new_batch: str, output: str, store: StorageSpec,
+    moved: Mapping[str, str | None] | None = None,
 ) -> ShardEntry | None:
-    """The shard without the rows of units not in `keep`, under the batch's new id.
+    """The shard without the rows of units not in `keep`, with the `image_uri` of `moved` units
+    set to their current location, under the batch's new id.
 
-    A shard all of whose rows are kept is carried as is (same file; only its batch label, which lives
-    in the manifest, changes), so dropping one task's units rewrites only that task's shards. Every
-    shard of a batch gets the new label: a unit's rows must always share one batch.
+    A shard all of whose rows are kept and none moved (or a kind without image_uri: rejects) is
+    carried as is (same file; only its batch label, which lives in the manifest, changes), so
+    dropping one task's units rewrites only that task's shards. Every shard of a batch gets the new
+    label: a unit's rows must always share one batch.
     """
-    fs, path = storage.fs_and_path(storage.join(output, entry.path), store)
+    fs, path = storage.fs_and_path(guard.shard_uri(output, entry.path), store)
     keys = storage.with_retries(lambda: pq.read_table(path, filesystem=fs, columns=["gen_key"]), store,
                                 f"read {entry.path}").column("gen_key")
-    mask = pc.is_in(keys, value_set=pa.array(sorted(keep)))
+    mask = pc.is_in(keys, value_set=pa.array(sorted(keep), pa.string()))
     n_kept = pc.sum(mask.cast(pa.int64())).as_py() or 0
     if n_kept == 0:
         return None
-    if n_kept == len(keys):
+    schema = KIND_SCHEMAS.get(entry.kind)
+    moved = {k: v for k, v in (moved or {}).items() if schema is not None and "image_uri" in schema.names}
+    touched = bool(moved) and bool(pc.any(pc.is_in(keys, value_set=pa.array(sorted(moved), pa.string()))).as_py())
+    if n_kept == len(keys) and not touched:
         return ShardEntry(path=entry.path, kind=entry.kind, task=entry.task, rows=entry.rows, bytes=entry.bytes,
                           sha256=entry.sha256, batch=new_batch)
     table = storage.with_retries(lambda: pq.read_table(path, filesystem=fs), store, f"read {entry.path}")
-    kept = table.filter(mask)
+    kept = relocated(conform(table.filter(mask), entry.kind), moved)
     data = parquet_bytes(kept)
     digest = hashlib.sha256(data).hexdigest()
     new_path = shard_path(entry.kind, entry.task, digest)
     storage.write_bytes(storage.join(output, new_path), data, store)
     return ShardEntry(path=new_path, kind=entry.kind, task=entry.task, rows=kept.num_rows,
                       bytes=len(data), sha256=digest, batch=new_batch)
+
+
+def relocated(table: pa.Table, moved: Mapping[str, str | None]) -> pa.Table:
+    """`table` with image_uri set to the current location for the rows of moved units (every other
+    column, row order included, as it was: an Arrow column swap, no row is re-made)."""
+    if not moved or "image_uri" not in table.column_names:
+        return table
+    uris = [moved[k] if k in moved else u
+            for k, u in zip(table.column("gen_key").to_pylist(), table.column("image_uri").to_pylist(), strict=True)]
+    i = table.schema.get_field_index("image_uri")
+    return table.set_column(i, table.schema.field(i), pa.array(uris, pa.string()))
 
 
 def write_manifest(

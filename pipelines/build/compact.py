@@ -21,8 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.build.commit import write_manifest
-from pipelines.build.stages.shards import parquet_bytes, shard_path
+from pipelines.build.stages.shards import conform, parquet_bytes, shard_path
 from pipelines.storage import fs as storage
+from pipelines.storage import guard
 from pipelines.storage.fs import StorageSpec
 from pipelines.storage.output import latest_manifest
 from schemas.columns import (
@@ -30,7 +31,6 @@ from schemas.columns import (
     KIND_RAW,
     KIND_REJECTS,
     KIND_SAMPLES,
-    KIND_SCHEMAS,
     KIND_VERIFY_FAILED,
 )
 from schemas.manifest import Manifest, ShardEntry
@@ -43,15 +43,9 @@ DEFAULT_MAX_MB = 64.0
 
 def _read(output: str, entry: ShardEntry, store: StorageSpec) -> pa.Table:
     """One shard in its kind's current schema (columns added since it was written read as null)."""
-    fs, path = storage.fs_and_path(storage.join(output, entry.path), store)
+    fs, path = storage.fs_and_path(guard.shard_uri(output, entry.path), store)
     t = storage.with_retries(lambda: pq.read_table(path, filesystem=fs), store, f"read {entry.path}")
-    schema = KIND_SCHEMAS.get(entry.kind)
-    if schema is None:
-        return t
-    for f in schema:
-        if f.name not in t.column_names:
-            t = t.append_column(f.name, pa.nulls(t.num_rows, f.type))
-    return t.select(schema.names).cast(schema)
+    return conform(t, entry.kind)
 
 
 def _groups(shards: list[ShardEntry], max_rows: int, max_bytes: int) -> list[list[ShardEntry]]:

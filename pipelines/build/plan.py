@@ -38,6 +38,7 @@ NO_ANNOTATIONS = "no_annotations"  # reader's image_error for an image without a
 FORMATS_WITH_PARTS = ("paco",)  # `part` is planned only for sources that can have parts
 UID = ["source", "image_id", "task"]
 KEY_COMPONENTS = ["image_identity", "ann_hash", "prompt_hash", "teacher_hash"]
+_KEEP_NULLS = pc.ScalarAggregateOptions(skip_nulls=False)  # "first" must be the first row's value, null too
 
 
 def _bool(arr: Any) -> np.ndarray:
@@ -78,6 +79,7 @@ class TaskPlan:
     dropped: int = 0
     not_applicable: int = 0
     refilter: int = 0  # reused units whose stored response is re-checked (filter version changed)
+    relocated: int = 0  # reused units whose image moved: rows carried with the new image_uri
     generate_reasons: Counter = field(default_factory=Counter)
     drop_reasons: Counter = field(default_factory=Counter)
 
@@ -94,6 +96,11 @@ class Plan:
     images_total: int
     images_excluded: int
     no_annotations: int = 0  # images without any annotation: no unit of any task
+    # reused unit -> the image's current uri, for units whose stored rows name another location (the
+    # images folder was moved or copied: same identity, new path); the commit rewrites that column
+    relocate: dict[str, str | None] = field(default_factory=dict)
+    images_moved: int = 0  # distinct images behind `relocate` whose stored location was recorded
+    locations_unrecorded: int = 0  # relocated units from ledgers written before image_uri was stored
 
     @property
     def work(self) -> pa.Table:
@@ -114,8 +121,9 @@ class Plan:
 
     @property
     def unchanged(self) -> bool:
-        """Nothing to run and nothing dropped: the current version already is this build."""
-        return self.units_to_run == 0 and not any(t.dropped for t in self.tasks.values())
+        """Nothing to run, nothing dropped, no image moved: the current version already is this
+        build. (A move runs no unit but changes the version's rows: their image_uri.)"""
+        return self.units_to_run == 0 and not any(t.dropped for t in self.tasks.values()) and not self.relocate
 
     @property
     def units_to_generate(self) -> int:
@@ -165,6 +173,7 @@ def make_plan(
     reused_t = units.filter(pa.array(reused))
     reuse_from = dict(zip(reused_t.column("gen_key").to_pylist(), reused_t.column("reuse_batch").to_pylist(),
                           strict=True))
+    relocate, moved, unrecorded = _relocations(reused_t, tasks)
     refilter = _refilter_rows(images, units.filter(pa.array(refilter_mask)))
     kept = set(reuse_from) | {u["gen_key"] for u in refilter}
     _count_dropped(tasks, previous, units, kept)
@@ -172,7 +181,27 @@ def make_plan(
     return Plan(images=images, gen=gen, reused_keys=set(reuse_from),
                 reuse_from=reuse_from, refilter=refilter, tasks=tasks, units_total=units.num_rows,
                 images_total=images.num_rows, images_excluded=images_excluded,
-                no_annotations=int(_bool(pc.equal(images.column("image_error"), NO_ANNOTATIONS)).sum()))
+                no_annotations=int(_bool(pc.equal(images.column("image_error"), NO_ANNOTATIONS)).sum()),
+                relocate=relocate, images_moved=moved, locations_unrecorded=unrecorded)
+
+
+def _relocations(reused: pa.Table, tasks: dict[str, TaskPlan]) -> tuple[dict[str, str | None], int, int]:
+    """Reused units whose carried rows name another image location than the source's current one
+    (the identity has no path, so a moved folder keeps every key): gen_key -> current uri, the
+    number of distinct images moved, and the units whose ledger predates the image_uri column."""
+    cur = np.asarray(reused.column("image_uri").to_numpy(zero_copy_only=False), dtype=object)
+    old = np.asarray(reused.column("reuse_image_uri").to_numpy(zero_copy_only=False), dtype=object)
+    differs = cur != old  # elementwise on objects: None == None, so an unchanged null is no move
+    if not differs.any():
+        return {}, 0, 0
+    keys = np.asarray(reused.column("gen_key").to_numpy(zero_copy_only=False), dtype=object)[differs]
+    task_col = np.asarray(reused.column("task").to_numpy(zero_copy_only=False), dtype=object)[differs]
+    for t, n in Counter(task_col.tolist()).items():
+        tasks[t].relocated = n
+    recorded = np.array([o is not None for o in old[differs]], dtype=bool)
+    uids = reused.filter(pa.array(differs)).select(["source", "image_id"]).filter(pa.array(recorded))
+    moved = len(set(zip(uids.column("source").to_pylist(), uids.column("image_id").to_pylist(), strict=True)))
+    return dict(zip(keys.tolist(), cur[differs].tolist(), strict=True)), moved, int((~recorded).sum())
 
 
 def _units(images: pa.Table, source_tasks: Mapping[str, list[str]], identities: Mapping[str, str],
@@ -194,6 +223,7 @@ def _units(images: pa.Table, source_tasks: Mapping[str, list[str]], identities: 
             "idx": pa.array(idx, pa.int64()), "task_rank": pa.array(np.full(len(idx), rank), pa.int32()),
             "source": images.column("source").take(idx), "image_id": images.column("image_id").take(idx),
             "task": pa.array([task] * len(idx), pa.string()), "gen_key": pa.array(keys, pa.string()),
+            "image_uri": images.column("image_uri").take(idx),
             "image_identity": pa.array([idents[i] for i in idx], pa.string()),
             "ann_hash": pa.array([anns[i] for i in idx], pa.string()),
             "prompt_hash": pa.array([ph] * len(idx), pa.string()),
@@ -212,10 +242,15 @@ def _ledger_views(ledger: pa.Table, own: set[str], filter_version: str | None
         same_filters = np.ones(ledger.num_rows, dtype=bool)
     else:
         same_filters = _bool(pc.equal(ledger.column("filter_version"), filter_version)) | is_err
-    first = lambda t, name: (t.select(["gen_key", "batch"]).group_by("gen_key", use_threads=False)  # noqa: E731
-                             .aggregate([("batch", "first")]).rename_columns(["gen_key", name]))
-    fresh = first(ledger.filter(pa.array(usable & same_filters)), "reuse_batch")
-    stale = first(ledger.filter(pa.array(usable & ~same_filters)), "stale_batch")
+    # the first usable row per key: its batch provides the unit's rows, its image_uri says where
+    # those rows locate the image
+    fresh = (ledger.filter(pa.array(usable & same_filters)).select(["gen_key", "batch", "image_uri"])
+             .group_by("gen_key", use_threads=False)
+             .aggregate([("batch", "first"), ("image_uri", "first", _KEEP_NULLS)])
+             .rename_columns(["gen_key", "reuse_batch", "reuse_image_uri"]))
+    stale = (ledger.filter(pa.array(usable & ~same_filters)).select(["gen_key", "batch"])
+             .group_by("gen_key", use_threads=False).aggregate([("batch", "first")])
+             .rename_columns(["gen_key", "stale_batch"]))
     prev = (ledger.select([*UID, "gen_key", *KEY_COMPONENTS]).group_by(UID, use_threads=False)
             .aggregate([(c, "last") for c in ["gen_key", *KEY_COMPONENTS]]))
     prev = prev.rename_columns([*UID, *[f"prev_{c}" for c in ["gen_key", *KEY_COMPONENTS]]])

@@ -35,6 +35,16 @@ def print_plan(plan: Plan, out: TextIO | None = None) -> None:
                      dropped])
     _table(["task", "planned", "reused", "generate", "refilter", "dropped", "n/a", "why generate", "why dropped"],
            rows, out)
+    if plan.relocate:
+        print(moved_line(plan.images_moved, len(plan.relocate), plan.locations_unrecorded), file=out)
+
+
+def moved_line(images: int, units: int, unrecorded: int) -> str:
+    """Why a build that runs no unit still makes a new version: the images are somewhere else."""
+    why = f"{images} images moved" if images else "image locations recorded"
+    extra = f" ({unrecorded} from ledgers without a stored location)" if images and unrecorded else ""
+    return (f"{why}: image_uri of {units} reused units rewritten to the current location{extra}; "
+            "no unit re-run")
 
 
 class Progress:
@@ -91,6 +101,9 @@ def print_summary(manifest: Any, manifest_path: str, plan: Plan, out: TextIO | N
     for key, title in (("rejected_by_reason", "rejected by reason"), ("errors_by_reason", "errors by reason")):
         items = sorted(st[key].items(), key=lambda kv: -kv[1])
         print(f"{title}: " + (", ".join(f"{k}={v}" for k, v in items) if items else "none"), file=out)
+    if st.get("units_relocated"):
+        print(moved_line(st.get("images_moved", 0), st["units_relocated"], st.get("locations_unrecorded", 0)),
+              file=out)
     tok = f"{st['prompt_tokens']} prompt / {st['output_tokens']} output tokens"
     print(f"teacher tokens: {tok}", file=out)
     if st.get("stages"):

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from pipelines.build.stages.shards import write_shard
 from pipelines.storage import fs as storage
+from pipelines.storage import guard
 from pipelines.storage.fs import StorageSpec
 from schemas.columns import KIND_REJECTS, KIND_SAMPLES, KIND_VERDICTS, KIND_VERIFY_FAILED
 from schemas.manifest import Manifest, ShardEntry
@@ -46,7 +47,7 @@ class VerifyResult:
 
 
 def read_rows(output: str, entry: ShardEntry, store: StorageSpec, columns: list[str] | None = None) -> list[dict]:
-    fs, path = storage.fs_and_path(storage.join(output, entry.path), store)
+    fs, path = storage.fs_and_path(guard.shard_uri(output, entry.path), store)
     t = storage.with_retries(lambda: pq.read_table(path, filesystem=fs, columns=columns), store, f"read {entry.path}")
     return t.to_pylist()
 

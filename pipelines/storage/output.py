@@ -16,12 +16,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.storage import fs as storage
+from pipelines.storage import guard
 from pipelines.storage.fs import StorageSpec
 from schemas.columns import KEY_COMPONENT_FIELDS, KIND_RAW, RAW_SCHEMA, TEACHER_OUT_FIELDS
 from schemas.manifest import Manifest, ShardEntry, manifest_name, parse_manifest_name
 
-LEDGER_COLUMNS = ["gen_key", "source", "image_id", "task", *[n for n, _ in KEY_COMPONENT_FIELDS], "outcome",
-                  "error_reason", "filter_version"]
+LEDGER_COLUMNS = ["gen_key", "source", "image_id", "image_uri", "task", *[n for n, _ in KEY_COMPONENT_FIELDS],
+                  "outcome", "error_reason", "filter_version"]
+# Ledger columns added after the first ledgers were written: an older shard reads them as null
+# (error_reason: its errors are retried once; image_uri: its units' location is rewritten once).
+LATER_LEDGER_COLUMNS = ("error_reason", "image_uri")
 
 
 def manifests_uri(output: str) -> str:
@@ -88,7 +92,7 @@ def pending_receipts(output: str, store: StorageSpec, committed: set[str]) -> li
         shards = [ShardEntry(**s) for s in raw["shards"]]
         if shards and all(s.path in committed for s in shards):
             continue
-        lost = [s.path for s in shards if not storage.exists(storage.join(output, s.path), store)]
+        lost = [s.path for s in shards if not storage.exists(guard.shard_uri(output, s.path), store)]
         if lost:  # e.g. deleted by an older gc: the units are simply generated again
             print(f"groundv: ignoring receipt {uri}: {len(lost)} of its shards are missing (first: {lost[0]}); "
                   "its units will be generated again", file=sys.stderr)
@@ -120,7 +124,7 @@ def read_ledger(output: str, shard_sets: list[list[ShardEntry]], store: StorageS
     raw_shards = [s for b in order for s in by_batch[b] if s.kind == KIND_RAW]
 
     def read_one(entry: ShardEntry) -> pa.Table:
-        fs, path = storage.fs_and_path(storage.join(output, entry.path), store)
+        fs, path = storage.fs_and_path(guard.shard_uri(output, entry.path), store)
         t = storage.with_retries(lambda: _read_ledger_columns(path, fs), store, f"read {entry.path}")
         return t.append_column("batch", pa.array([entry.batch] * t.num_rows, pa.string()))
 
@@ -135,14 +139,18 @@ def read_ledger(output: str, shard_sets: list[list[ShardEntry]], store: StorageS
 
 
 def _read_ledger_columns(path: str, fs: Any) -> pa.Table:
-    """LEDGER_COLUMNS of one raw shard; shards written before `error_reason` existed get nulls
-    (their errors are then retried once, as they always were)."""
+    """LEDGER_COLUMNS of one raw shard; columns a shard was written without
+    (LATER_LEDGER_COLUMNS) read as null."""
     try:
         return pq.read_table(path, filesystem=fs, columns=LEDGER_COLUMNS)
     except (KeyError, pa.ArrowInvalid):
-        cols = [c for c in LEDGER_COLUMNS if c != "error_reason"]
+        present = set(pq.read_schema(path, filesystem=fs).names)
+        cols = [c for c in LEDGER_COLUMNS if c in present or c not in LATER_LEDGER_COLUMNS]
         t = pq.read_table(path, filesystem=fs, columns=cols)
-        return t.add_column(cols.index("outcome") + 1, "error_reason", pa.nulls(t.num_rows, pa.string()))
+        for c in LATER_LEDGER_COLUMNS:
+            if c not in cols:
+                t = t.append_column(c, pa.nulls(t.num_rows, pa.string()))
+        return t.select(LEDGER_COLUMNS)
 
 
 def read_responses(output: str, ledger: Ledger, keys_by_batch: dict[str, set[str]],
@@ -154,7 +162,7 @@ def read_responses(output: str, ledger: Ledger, keys_by_batch: dict[str, set[str
         for s in ledger.shards_by_batch.get(batch, []):
             if s.kind != KIND_RAW:
                 continue
-            fs, path = storage.fs_and_path(storage.join(output, s.path), store)
+            fs, path = storage.fs_and_path(guard.shard_uri(output, s.path), store)
             t = storage.with_retries(lambda p=path, f=fs: pq.read_table(p, filesystem=f, columns=cols),
                                      store, f"read {s.path}")
             for r in t.to_pylist():

@@ -104,7 +104,8 @@ def check_one(
     outcome = OUTCOME_ERROR if errors else (OUTCOME_ACCEPTED if samples else OUTCOME_REJECTED)
     raw = {
         "gen_key": unit["gen_key"], "source": unit["source"], "image_id": unit["image_id"],
-        "task": unit["task"], "image_identity": unit["image_identity"], "ann_hash": unit["ann_hash"],
+        "image_uri": unit["image_uri"], "task": unit["task"], "image_identity": unit["image_identity"],
+        "ann_hash": unit["ann_hash"],
         "prompt_hash": unit["prompt_hash"], "teacher_hash": unit["teacher_hash"], "outcome": outcome,
         "error_reason": _error_reason(unit, errors),
         "n_accepted": len(samples), "n_rejected": len(rejects),

@@ -32,6 +32,18 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
+def conform(table: pa.Table, kind: str) -> pa.Table:
+    """A shard's rows in its kind's current schema: columns added since it was written read as
+    null (a rewritten old shard then has every column a new one has)."""
+    schema = KIND_SCHEMAS.get(kind)
+    if schema is None:
+        return table
+    for f in schema:
+        if f.name not in table.column_names:
+            table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
+    return table.select(schema.names).cast(schema)
+
+
 def shard_path(kind: str, task: str, digest: str) -> str:
     return f"data/{kind}/{task}/{digest[:2]}/{digest}.parquet"
 
