@@ -16,7 +16,7 @@ import yaml
 from pipelines.build_groundv import main
 from pipelines.core.keys import image_identity, is_final_error
 from pipelines.storage import fs as storage
-from tests.dataset_checks import latest_manifest
+from tests.dataset_checks import latest_manifest, read_kind
 
 
 @pytest.fixture
