@@ -107,8 +107,8 @@ def test_moved_images_folder_reruns_nothing_and_rows_name_the_new_place(ray_sess
     # The same rows otherwise: every column but image_uri is what v1 had.
     for kind in ("samples", "errors", "rejects"):
         def strip(rows):
-            return sorted((json.dumps({k: v for k, v in r.items() if k != "image_uri"}, sort_keys=True, default=str)
-                           for r in rows))
+            return sorted(json.dumps({k: v for k, v in r.items() if k != "image_uri"}, sort_keys=True, default=str)
+                           for r in rows)
         assert strip(read_kind(str(out), v1, kind).to_pylist()) == strip(read_kind(str(out), v2, kind).to_pylist())
     samples = to_arrow_dataset(str(out)).to_table()
     assert samples.num_rows == sum(s["rows"] for s in v2["shards"] if s["kind"] == "samples") > 0

@@ -21,6 +21,7 @@ from pipelines.quality.report import compute
 from pipelines.quality.sample import resolve_version
 from pipelines.quality.store import list_audits, read_json, read_verdicts, sample_uri
 from pipelines.storage import fs as storage
+from pipelines.storage import guard
 from pipelines.storage.fs import StorageSpec
 from schemas.columns import KIND_SAMPLES, SAMPLE_SCHEMA, TASKS
 from schemas.manifest import Manifest
@@ -54,7 +55,7 @@ def yaml_header(m: Manifest, total: int) -> str:
 def read_rows(output: str, m: Manifest, store: StorageSpec) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for s in m.shards_of(KIND_SAMPLES):
-        fs, path = storage.fs_and_path(storage.join(output, s.path), store)
+        fs, path = storage.fs_and_path(guard.shard_uri(output, s.path), store)
         rows.extend(storage.with_retries(lambda p=path, f=fs: pq.read_table(p, filesystem=f, columns=CARD_COLUMNS),
                                          store, f"read {s.path}").to_pylist())
     return rows

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from pipelines.quality.store import AuditError, create_record, sample_uri
 from pipelines.storage import fs as storage
+from pipelines.storage import guard
 from pipelines.storage import output as output_versions
 from pipelines.storage.fs import StorageSpec
 from schemas.columns import KIND_REJECTS, KIND_SAMPLES, KIND_VERIFY_FAILED, TASKS
@@ -44,7 +45,7 @@ def resolve_version(output: str, version: int | None, store: StorageSpec) -> Man
 
 
 def _read(output: str, path: str, columns: list[str], store: StorageSpec, filt: Any = None):
-    fs, p = storage.fs_and_path(storage.join(output, path), store)
+    fs, p = storage.fs_and_path(guard.shard_uri(output, path), store)
     names = set(pq.read_schema(p, filesystem=fs).names) if filt is not None else set(columns)
     cols = [c for c in columns if c in names] + [c for c in VERIFY_COLUMNS if c in names and c not in columns]
     return storage.with_retries(lambda: pq.read_table(p, filesystem=fs, columns=cols, filters=filt), store,
