@@ -80,13 +80,18 @@ def _template(cfg: Any, specs: dict[str, PromptSpec], store: StorageSpec, batch_
     return TemplateTeacher(specs, cfg.pairs_per_unit, batch_size)
 
 
+def prompt_settings(cfg: Any) -> dict[str, Any]:
+    """What shapes an exported prompt (the `teacher` section): the replay identity, and what the
+    export and the replay teacher rebuild request keys from (teachers/replay.export_request_key)."""
+    return {"mode": cfg.mode, "box_format": cfg.box_format, "pairs_per_unit": cfg.pairs_per_unit,
+            "max_pixels": cfg.max_pixels, "patch_size": cfg.patch_size, "merge_size": cfg.merge_size,
+            "min_pixels": cfg.min_pixels}
+
+
 def _replay(cfg: Any, specs: dict[str, PromptSpec], store: StorageSpec, batch_size: int) -> Teacher:
     from teachers.replay import ReplayTeacher
 
-    settings = {"mode": cfg.mode, "box_format": cfg.box_format, "pairs_per_unit": cfg.pairs_per_unit,
-                "max_pixels": cfg.max_pixels, "patch_size": cfg.patch_size, "merge_size": cfg.merge_size,
-                "min_pixels": cfg.min_pixels}
-    return ReplayTeacher(cfg.responses, store, source=cfg.replay_source, prompt_settings=settings)
+    return ReplayTeacher(cfg.responses, store, source=cfg.replay_source, prompt_settings=prompt_settings(cfg))
 
 
 def _vllm(cfg: Any, specs: dict[str, PromptSpec], store: StorageSpec, batch_size: int) -> Teacher:

@@ -1,4 +1,5 @@
-"""export_prompts.py: one line per planned unit, with messages, schema and the id map."""
+"""export_prompts.py: one line per distinct request (its units listed), with messages, schema and the
+id map."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def test_export_prompts_lines_match_the_annotations(sample_dir, tmp_path):
     rc = export_main([f"data.sample.dir={sample_dir}", f"output.uri={tmp_path / 'o'}", "--out", str(out)])
     assert rc == 0
     lines = _lines(out)
-    keys = [x["gen_key"] for x in lines]
+    keys = [u["gen_key"] for x in lines for u in x["units"]]
     assert len(keys) == len(set(keys)) > 0
     sources = {s["name"]: json.load(open(s["annotations"])) for s in ensure_sample_dataset(str(sample_dir))}
     tasks = set()
@@ -51,3 +52,36 @@ def test_export_only_what_the_next_build_generates(sample_dir, tmp_path, ray_ses
     assert export_main([f"data.sample.dir={sample_dir}", f"output.uri={out_dir}", "--out", str(every), "--all"]) == 0
     assert _lines(todo) == []
     assert len(_lines(every)) > 0
+
+
+def test_one_line_per_distinct_request(sample_dir, tmp_path):
+    """The COCO and LVIS records of one image with the same object table are one request: one line
+    listing both units, so an external batch job pays for it once (fails on the per-unit export)."""
+    out = tmp_path / "prompts.jsonl"
+    base = [f"data.sample.dir={sample_dir}", f"output.uri={tmp_path / 'o'}", "teacher.backend=replay",
+            "teacher.replay_source=ext-1"]
+    assert export_main([*base, "--out", str(out)]) == 0
+    lines = _lines(out)
+    request_keys = [x["request_key"] for x in lines]
+    assert len(request_keys) == len(set(request_keys))  # no request twice
+    units = [u for x in lines for u in x["units"]]
+    assert len({u["gen_key"] for u in units}) == len(units) == 228  # every planned unit, once
+    assert len(lines) == 136 < len(units)  # 92 units share an identical request on this sample
+    sources = {s["name"]: json.load(open(s["annotations"])) for s in ensure_sample_dataset(str(sample_dir))}
+
+    def seen(u: dict) -> tuple:
+        """What the teacher sees of a unit's image, from the annotation file alone: the file and
+        its objects' boxes."""
+        data = sources[u["source"]]
+        img = next(i for i in data["images"] if i["id"] == u["image_id"])
+        anns = sorted((a for a in data["annotations"] if a["image_id"] == u["image_id"]), key=lambda a: a["id"])
+        name = (img.get("file_name") or img["coco_url"]).rsplit("/", 1)[-1]  # LVIS names it by coco_url
+        return name, sorted([round(v) for v in a["bbox"]] for a in anns)
+
+    shared = [x for x in lines if len(x["units"]) > 1]
+    assert shared
+    for x in shared:
+        assert x["gen_key"] == x["units"][0]["gen_key"]
+        assert len({u["source"] for u in x["units"]}) == len(x["units"])  # records of one image, one per source
+        first = seen(x["units"][0])
+        assert all(seen(u) == first for u in x["units"])
