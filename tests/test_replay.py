@@ -10,7 +10,14 @@ import pytest
 
 from pipelines.storage.fs import StorageSpec
 from schemas.columns import TEACHER_OUT_FIELDS, UNIT_SCHEMA
-from teachers.replay import NO_RESPONSE, ReplayFileError, ReplayTeacher, parse_responses, respond_batch
+from teachers.replay import (
+    NO_RESPONSE,
+    ReplayFileError,
+    ReplayTeacher,
+    export_request_key,
+    parse_responses,
+    respond_batch,
+)
 
 ANSWER = json.dumps({"pairs": [{"instruction": "Segment the dog.", "answer": "The dog.", "target_ids": [1],
                                 "subtype": "knowledge"}]})
@@ -122,3 +129,51 @@ def test_attach_through_ray(ray_session, tmp_path):
     out = ReplayTeacher(uri, StorageSpec()).attach(ray.data.from_arrow(units("k1", "k2"))).take_all()
     got = {r["gen_key"]: (r["response"], r["teacher_error"]) for r in out}
     assert got == {"k1": (ANSWER, None), "k2": (None, NO_RESPONSE)}
+
+
+SETTINGS = {"mode": "vision", "box_format": "xyxy", "pairs_per_unit": 3, "max_pixels": 1000, "patch_size": 0,
+            "merge_size": 1, "min_pixels": 0}
+
+
+def _same_image(table: pa.Table) -> pa.Table:
+    """Every unit a record of one file (e.g. COCO + LVIS of the same image): one request."""
+    return table.set_column(table.schema.get_field_index("image_uri"), "image_uri",
+                            pa.array(["/i/same.jpg"] * table.num_rows, pa.string()))
+
+
+def test_one_request_answer_reaches_every_unit_of_the_request(tmp_path):
+    table = _same_image(units("a", "b", "c"))
+    rk = export_request_key(table.to_pylist()[0], SETTINGS)
+    assert {export_request_key(r, SETTINGS) for r in table.to_pylist()} == {rk}
+    other = export_request_key(units("a").to_pylist()[0], SETTINGS)  # another file: another request
+    assert other != rk
+    uri = write_jsonl(tmp_path / "r.jsonl", [{"request_key": rk, "response": ANSWER, "output_tokens": 5}])
+    out = ReplayTeacher(uri, StorageSpec(), prompt_settings=SETTINGS).respond_table(table).to_pylist()
+    assert [r["response"] for r in out] == [ANSWER] * 3
+    assert [r["shares_answer_of"] for r in out] == [None, "a", "a"]  # paid once
+    assert [r["output_tokens"] for r in out] == [5, None, None]
+    assert {r["request_key"] for r in out} == {rk}
+    # A text teacher never sees the image: same object table and task = same request, any file.
+    text = dict(SETTINGS, mode="text")
+    assert export_request_key(units("a").to_pylist()[0], text) == export_request_key(table.to_pylist()[0], text)
+
+
+def test_unit_lines_come_first_and_are_shared_with_their_request(tmp_path):
+    table = _same_image(units("a", "b", "c", "d", failed=("d",)))
+    own = ANSWER.replace("dog", "cat")
+    uri = write_jsonl(tmp_path / "r.jsonl", [{"gen_key": "b", "response": own}])
+    out = ReplayTeacher(uri, StorageSpec(), prompt_settings=SETTINGS).respond_table(table).to_pylist()
+    # b's line (e.g. an answer keyed by the first unit of an exported request) serves a and c too;
+    # d failed upstream: never answered.
+    assert [r["response"] for r in out] == [own, own, own, None]
+    assert [r["shares_answer_of"] for r in out] == ["b", None, "b", None]
+    # Without prompt settings there is no request to rebuild: unit lines only.
+    plain = ReplayTeacher(uri, StorageSpec()).respond_table(table).to_pylist()
+    assert [r["response"] for r in plain] == [None, own, None, None]
+
+
+def test_request_lines_are_checked_like_unit_lines(tmp_path):
+    uri = write_jsonl(tmp_path / "r.jsonl", [{"request_key": "r1", "response": "x"},
+                                             {"request_key": "r1", "response": "y"}])
+    with pytest.raises(ReplayFileError, match="line 2: request_key r1 appears twice"):
+        ReplayTeacher(uri, StorageSpec()).validate()
