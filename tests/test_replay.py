@@ -141,6 +141,7 @@ def _same_image(table: pa.Table) -> pa.Table:
                             pa.array(["/i/same.jpg"] * table.num_rows, pa.string()))
 
 
+@pytest.mark.unit
 def test_one_request_answer_reaches_every_unit_of_the_request(tmp_path):
     table = _same_image(units("a", "b", "c"))
     rk = export_request_key(table.to_pylist()[0], SETTINGS)
@@ -158,6 +159,7 @@ def test_one_request_answer_reaches_every_unit_of_the_request(tmp_path):
     assert export_request_key(units("a").to_pylist()[0], text) == export_request_key(table.to_pylist()[0], text)
 
 
+@pytest.mark.unit
 def test_unit_lines_come_first_and_are_shared_with_their_request(tmp_path):
     table = _same_image(units("a", "b", "c", "d", failed=("d",)))
     own = ANSWER.replace("dog", "cat")
@@ -172,6 +174,7 @@ def test_unit_lines_come_first_and_are_shared_with_their_request(tmp_path):
     assert [r["response"] for r in plain] == [None, own, None, None]
 
 
+@pytest.mark.unit
 def test_request_lines_are_checked_like_unit_lines(tmp_path):
     uri = write_jsonl(tmp_path / "r.jsonl", [{"request_key": "r1", "response": "x"},
                                              {"request_key": "r1", "response": "y"}])
