@@ -250,3 +250,53 @@ def test_columnar_plan_rules(tmp_path):
                    filter_version="F")
     assert sum(t.generate_reasons["annotations changed"] for t in p3.tasks.values()) >= 1
     assert {u["task"] for w in p3.work.to_pylist() if w["image_id"] == 900002 for u in w["units"]}
+
+
+@pytest.mark.unit
+def test_plan_relocates_reused_units_whose_image_moved(tmp_path):
+    """Keys ignore the path, so a moved image is reused; the plan lists its units with the current
+    uri (the commit rewrites that column), counts the images, and a ledger written before image_uri
+    was recorded (null) is relocated once as 'unrecorded'."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.build.commit import relocated
+    from pipelines.build.plan import make_plan
+    from pipelines.storage.output import LEDGER_COLUMNS, _read_ledger_columns
+    from schemas.columns import RAW_SCHEMA, TASKS
+
+    images, tasks, idents = _images(tmp_path)
+    prompts = {t: f"p-{t}" for t in TASKS}
+    schema = RAW_SCHEMA.empty_table().select(LEDGER_COLUMNS).append_column("batch", pa.array([], pa.string())).schema
+    work = make_plan(images, tasks, idents, prompts, "T", schema.empty_table(), filter_version="F").work.to_pylist()
+
+    def ledger(uri_of) -> pa.Table:
+        return pa.Table.from_pylist([
+            {**{k: u[k] for k in ("gen_key", "task", "image_identity", "ann_hash", "prompt_hash", "teacher_hash")},
+             "source": w["source"], "image_id": w["image_id"], "image_uri": uri_of(w),
+             "outcome": "error" if w["image_error"] else "accepted",
+             "error_reason": f"annotation:{w['image_error']}" if w["image_error"] else None,
+             "filter_version": "F", "batch": "b1"} for w in work for u in w["units"]], schema=schema)
+
+    def plan(led):
+        return make_plan(images, tasks, idents, prompts, "T", led, filter_version="F")
+
+    same = plan(ledger(lambda w: w["image_uri"]))
+    assert same.unchanged and same.relocate == {} and same.units_to_run == 0
+    moved_image = work[0]
+    p = plan(ledger(lambda w: "/old/place/x.jpg" if w is moved_image else w["image_uri"]))
+    assert p.units_to_run == 0 and not p.unchanged and p.images_moved == 1 and p.locations_unrecorded == 0
+    assert p.relocate == {u["gen_key"]: moved_image["image_uri"] for u in moved_image["units"]}
+    assert sum(t.relocated for t in p.tasks.values()) == len(moved_image["units"])
+    legacy = plan(ledger(lambda w: None))
+    assert legacy.images_moved == 0 and legacy.locations_unrecorded == len(legacy.relocate) == legacy.units_total
+    # the commit's rewrite: only image_uri of the moved units changes
+    t = pa.table({"gen_key": ["a", "b"], "image_uri": ["/old/a.jpg", "/old/b.jpg"], "x": [1, 2]})
+    assert relocated(t, {"b": "/new/b.jpg"}).to_pylist() == [
+        {"gen_key": "a", "image_uri": "/old/a.jpg", "x": 1}, {"gen_key": "b", "image_uri": "/new/b.jpg", "x": 2}]
+    # a raw shard written before image_uri / error_reason existed reads them as null
+    old = pa.Table.from_pylist([{"gen_key": "k", "outcome": "error"}], schema=RAW_SCHEMA)
+    pq.write_table(old.drop_columns(["image_uri", "error_reason"]), tmp_path / "old.parquet")
+    got = _read_ledger_columns(str(tmp_path / "old.parquet"), None).to_pylist()
+    assert list(got[0]) == LEDGER_COLUMNS and got[0]["gen_key"] == "k"
+    assert got[0]["image_uri"] is None and got[0]["error_reason"] is None
