@@ -142,10 +142,12 @@ def relocated(table: pa.Table, moved: Mapping[str, str | None]) -> pa.Table:
     column, row order included, as it was: an Arrow column swap, no row is re-made)."""
     if not moved or "image_uri" not in table.column_names:
         return table
-    uris = [moved[k] if k in moved else u
-            for k, u in zip(table.column("gen_key").to_pylist(), table.column("image_uri").to_pylist(), strict=True)]
+    keys = pa.array(list(moved), pa.string())
+    at = pc.index_in(table.column("gen_key"), value_set=keys)  # null for a unit that did not move
+    uris = pc.if_else(pc.is_valid(at), pa.array(list(moved.values()), pa.string()).take(at),
+                      table.column("image_uri").cast(pa.string()))
     i = table.schema.get_field_index("image_uri")
-    return table.set_column(i, table.schema.field(i), pa.array(uris, pa.string()))
+    return table.set_column(i, table.schema.field(i), uris)
 
 
 def write_manifest(
