@@ -300,3 +300,38 @@ def test_plan_relocates_reused_units_whose_image_moved(tmp_path):
     got = _read_ledger_columns(str(tmp_path / "old.parquet"), None).to_pylist()
     assert list(got[0]) == LEDGER_COLUMNS and got[0]["gen_key"] == "k"
     assert got[0]["image_uri"] is None and got[0]["error_reason"] is None
+
+
+@pytest.mark.ray
+def test_moved_images_prefix_on_s3(ray_session, coco_copy, s3_bucket, tmp_path, capsys):
+    """S3: identity = ETag + size, which a server-side copy keeps; the rows follow the new prefix."""
+    import boto3
+
+    endpoint, bucket = s3_bucket
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    names = sorted(os.listdir(coco_copy["images"]))
+    for n in names:
+        s3.upload_file(str(coco_copy["images"] / n), bucket, f"a/images/{n}")
+
+    def build(prefix: str) -> int:
+        source = {"name": "coco_copy", "format": "coco", "annotations": str(coco_copy["annotations"]),
+                  "images": f"s3://{bucket}/{prefix}"}
+        cfg = {"data": {"sources": [source]}, "output": {"uri": f"s3://{bucket}/out"},
+               "storage": {"endpoint_url": endpoint}}
+        (tmp_path / "s3.yaml").write_text(yaml.safe_dump(cfg))
+        return main(["--config", str(tmp_path / "s3.yaml")])
+
+    assert build("a/images") == 0
+    for n in names:  # "move": server-side copy (same ETag), then delete the old objects
+        s3.copy_object(Bucket=bucket, Key=f"b/images/{n}", CopySource={"Bucket": bucket, "Key": f"a/images/{n}"})
+        s3.delete_object(Bucket=bucket, Key=f"a/images/{n}")
+    capsys.readouterr()
+    assert build("b/images") == 0
+    assert "images moved" in capsys.readouterr().out
+    m = latest_manifest(f"s3://{bucket}/out", endpoint)
+    assert m["version"] == 2 and m["stats"]["teacher_calls"] == 0 and m["stats"]["totals"]["generated"] == 0
+    uris = {r["image_uri"] for k in ("samples", "errors", "raw")
+            for r in read_kind(f"s3://{bucket}/out", m, k, endpoint).to_pylist()}
+    assert uris and all(u.startswith(f"s3://{bucket}/b/images/") for u in uris)
+    for u in uris:
+        s3.head_object(Bucket=bucket, Key=u.split(f"s3://{bucket}/", 1)[1])  # exists
