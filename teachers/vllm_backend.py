@@ -1,6 +1,7 @@
 """The vLLM teacher: open VLMs / LLMs through Ray Data's vLLM engine processor (Ray 2.60).
 
-    units --preprocess (unit_to_request)--> [multimodal parse] -> chat template -> tokenize
+    units --preprocess (unit_to_request; vision: decoded image + uuid, once per image)
+          --> chat template -> tokenize
           -> vLLM engine actors (GPU, autoscaling min..max) --postprocess--> normalise_table
 
 * Placement: GPU actors normally (`accelerator_type`, `concurrency=(min_engines, max_engines)`,
@@ -61,11 +62,6 @@ PERF_ONLY_ENGINE_KWARGS = frozenset({
     "block_size", "limit_mm_per_prompt", "task_type", "compilation_config", "max_seq_len_to_capture",
     "disable_custom_all_reduce", "kv_cache_memory_bytes", "mm_processor_cache_gb",
 })
-
-# vLLM ModelConfig arguments the CPU multimodal-parsing stage needs to parse messages like the engine.
-_MM_MODEL_CONFIG_KEYS = ("trust_remote_code", "revision", "tokenizer", "tokenizer_revision",
-                         "limit_mm_per_prompt", "mm_processor_kwargs")
-
 
 def _plain(value: Any) -> Any:
     """omegaconf containers -> plain dict / list (Ray pickles configs; vLLM validates types)."""
@@ -179,15 +175,10 @@ class VllmTeacher(Teacher):
             extra["tokenize_stage"] = False
         else:
             extra["accelerator_type"] = self.accelerator_type
-        if self.needs_image:
-            mm_kwargs = {k: self.engine_kwargs[k] for k in _MM_MODEL_CONFIG_KEYS if k in self.engine_kwargs}
-            # "openai" keeps the content parts in message order, so the image stays AFTER the
-            # object table text; "string" would move every image placeholder to the front.
-            extra["prepare_multimodal_stage"] = {
-                "enabled": True,
-                "model_config_kwargs": mm_kwargs,
-                "chat_template_content_format": "openai",
-            }
+        # Vision: Ray's multimodal stage stays OFF. It would decode every unit row's image again
+        # (vLLM's MediaConnector, no sharing between the ~3.5 units of an image); the preprocess
+        # (unit_to_request) already hands the engine stage its decoded image + uuid, once per image.
+        extra["prepare_multimodal_stage"] = False
         return vLLMEngineProcessorConfig(
             model_source=self.model_source,
             engine_kwargs=copy.deepcopy(self.engine_kwargs),  # Ray's stage setdefaults into it

@@ -6,6 +6,9 @@ plugs these into Ray Data's vLLM processor (preprocess / postprocess) and one fi
 How a unit travels through ``ray.data.llm`` (Ray 2.60):
   * preprocess returns ``messages`` + ``sampling_params``; Ray nests the whole input row under its
     ``__data`` column, so every UNIT column rides along to the postprocess untouched.
+  * vision: preprocess also returns ``multimodal_data`` (the decoded image, once per image, shared
+    by its units) + ``multimodal_uuids``, inputs Ray's engine stage passes to vLLM as they are;
+    Ray's own multimodal stage is off (it re-decoded a data: URL on every unit row).
   * a row whose ``__inference_error__`` is non-empty bypasses every later stage *and* the
     postprocess. The engine sets it when a request fails (prompt too long, bad request) because we
     run with ``should_continue_on_error=True``; we also set it ourselves, with SKIP_MARKER, for units
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 from typing import Any, Mapping
 
@@ -60,28 +64,59 @@ def image_uuid(image: bytes) -> str:
     return "gv-" + hashlib.blake2b(image, digest_size=16).hexdigest()
 
 
-class _ImagePartCache:
-    """The image part of the last few images, so the ~3.5 units of an image share one base64
-    encoding (units of an image arrive together: they are fanned out side by side)."""
+def decode_teacher_image(image: bytes) -> Any:
+    """The pixels the engine gets for the stream's teacher image, decoded here ONCE per image.
 
-    def __init__(self, size: int = 16) -> None:
+    Exactly what vLLM's own loader (MediaConnector -> ImageMediaIO.load_bytes, which Ray's
+    multimodal stage ran on every unit row) makes of the bytes: PIL open, load, RGB. vLLM also
+    applies the EXIF orientation; the stream's teacher image never carries one (re-encoded without
+    EXIF, or passed on as its own bytes only with orientation 1: stages/images.decode_image)."""
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(image))
+    img.load()
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+class _ImageCache:
+    """The decoded image of the last few images, by multimodal uuid, so the ~3.5 units of an image
+    share one decode and one PIL object (units of an image arrive together: fanned out side by
+    side). Small: a decoded 1 MP image is 3 MB."""
+
+    def __init__(self, size: int = 4) -> None:
         self.size = size
-        self.parts: dict[str, dict[str, Any]] = {}
+        self.images: dict[str, Any] = {}
         self.misses = 0
 
-    def part(self, image: bytes) -> dict[str, Any]:
+    def get(self, image: bytes) -> tuple[str, Any]:
         uid = image_uuid(image)
-        hit = self.parts.get(uid)
+        hit = self.images.get(uid)
         if hit is None:
             self.misses += 1
-            hit = {"type": "image_url", "image_url": {"url": image_data_url(image)}, "uuid": uid}
-            if len(self.parts) >= self.size:
-                self.parts.pop(next(iter(self.parts)))
-            self.parts[uid] = hit
-        return hit
+            hit = decode_teacher_image(image)
+            if len(self.images) >= self.size:
+                self.images.pop(next(iter(self.images)))
+            self.images[uid] = hit
+        return uid, hit
 
 
-IMAGE_PARTS = _ImagePartCache()  # one per worker process; read-only parts, shared by reference
+IMAGES = _ImageCache()  # one per worker process; the images are read-only, shared by reference
+
+
+def engine_conversation(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages in the form the chat-template stage got from Ray's multimodal stage (vLLM's
+    `parse_chat_messages` with content format "openai"): every content a list of parts, a string
+    content as one text part, the image part as the bare ``{"type": "image"}`` placeholder. Built
+    here because that stage is off (see unit_to_request); tests/test_vllm_images.py checks it
+    against vLLM's own parser."""
+    out = []
+    for m in messages:
+        content = m["content"]
+        parts = [{"type": "text", "text": content}] if isinstance(content, str) else [
+            dict(IMAGE_PART) if p == IMAGE_PART else {"type": "text", "text": p["text"]}
+            for p in content]
+        out.append({**m, "content": parts})
+    return out
 
 
 def unit_table(row: Mapping[str, Any], box_format: str) -> tuple[str, list[int]]:
@@ -133,19 +168,24 @@ def unit_to_request(
     with_image = mode == "vision"
     messages = build_messages(spec, table_text, n_pairs, with_image)
     last = messages[-1]
+    extra: dict[str, Any] = {}
     if with_image:
         image = row.get("teacher_image")
         if not image:
             raise ValueError(f"unit {row['gen_key']}: vision teacher but no teacher_image (stream bug)")
-        image_part = IMAGE_PARTS.part(bytes(image))
-        last["content"] = [image_part if part == IMAGE_PART else part for part in last["content"]]
+        # Ray's multimodal stage is off: the decoded image goes straight to the engine stage,
+        # with its stable uuid (vLLM then neither hashes the pixels nor re-runs the HF processor
+        # for the image's later units: its processor cache is keyed by the uuid).
+        uid, pixels = IMAGES.get(bytes(image))
+        messages = engine_conversation(messages)
+        extra = {"multimodal_data": {"image": [pixels]}, "multimodal_uuids": {"image": [uid]}}
     else:
         last["content"] = "\n".join(p["text"] for p in last["content"] if p.get("type") == "text")
     schema = answer_json_schema(row["task"], list(spec.subtypes), local_ids, n_pairs)
     params["structured_outputs"] = {"json": json.dumps(schema, separators=(",", ":"))}
     # Explicitly "": if only skipped rows had the key, Ray would fill it with null in the others,
     # and its stages treat anything but "" as an error row.
-    return {"messages": messages, "sampling_params": params, ERROR_COLUMN: ""}
+    return {"messages": messages, "sampling_params": params, **extra, ERROR_COLUMN: ""}
 
 
 def _sampling_params(sampling: Mapping[str, Any], key: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import yaml
 from PIL import Image
 
 from pipelines.build.stages.images import decode_image, fit_to_budget
-from teachers.vllm_rows import IMAGE_PARTS, image_uuid
+from teachers.vllm_rows import IMAGES, image_uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = [(640, 480), (480, 640), (640, 427), (1600, 1200), (333, 500), (4000, 3000), (120, 40), (57, 57)]
@@ -87,14 +87,15 @@ def test_image_already_on_grid_is_not_reencoded():
 
 
 @pytest.mark.unit
-def test_units_of_an_image_share_one_image_part():
+def test_units_of_an_image_share_one_decode():
     a, b = _jpeg(64, 48, 1), _jpeg(64, 48, 2)
-    misses = IMAGE_PARTS.misses
-    parts = [IMAGE_PARTS.part(x) for x in (a, a, a, b, a)]
-    assert IMAGE_PARTS.misses - misses == 2  # one base64 encoding per distinct image
-    assert parts[0] is parts[1] is parts[4]
-    assert parts[0]["uuid"] == image_uuid(a) != image_uuid(b) == parts[3]["uuid"]
+    misses = IMAGES.misses
+    got = [IMAGES.get(x) for x in (a, a, a, b, a)]
+    assert IMAGES.misses - misses == 2  # one decode per distinct image, whatever its units
+    assert got[0][1] is got[1][1] is got[4][1]  # the same pixels object, shared by reference
+    assert got[0][0] == image_uuid(a) != image_uuid(b) == got[3][0]
     assert image_uuid(a) == image_uuid(bytes(a))  # stable across processes: a content digest
+    assert got[3][1].tobytes() == Image.open(io.BytesIO(b)).convert("RGB").tobytes()
 
 
 @pytest.mark.unit

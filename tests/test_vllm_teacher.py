@@ -8,7 +8,6 @@ Needs the torchvision shim (scripts/torchvision_shim.py install): vLLM imports t
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import os
@@ -16,6 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from PIL import Image
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -34,6 +34,7 @@ from teachers.vllm_rows import (  # noqa: E402
     OUT_SCHEMA,
     SKIP_MARKER,
     finish_reason_of,
+    image_uuid,
     normalise_output,
     normalise_table,
     unit_to_request,
@@ -145,14 +146,52 @@ def test_vision_request_places_resized_image_after_text(specs):
     row = unit(3, "reasoning", image=image)
     req = unit_to_request(row, specs, "vision", "xyxy_resized", 2, SAMPLING)
     parts = req["messages"][-1]["content"]
-    assert [p["type"] for p in parts] == ["text", "image_url"]  # image after the text prefix
-    url = parts[1]["image_url"]["url"]
-    assert url.startswith("data:image/jpeg;base64,")
-    assert base64.b64decode(url.split(",", 1)[1]) == image  # the stream's resized bytes, untouched
+    assert parts[1:] == [{"type": "image"}]  # image placeholder after the text prefix
+    # The engine stage gets the decoded image itself (Ray's multimodal stage is off): the stream's
+    # resized bytes, decoded as vLLM's loader would, with the stable uuid of those bytes.
+    (pixels,) = req["multimodal_data"]["image"]
+    assert pixels.mode == "RGB" and pixels.size == (64, 48)
+    assert pixels.tobytes() == Image.open(io.BytesIO(image)).convert("RGB").tobytes()
+    assert req["multimodal_uuids"] == {"image": [image_uuid(image)]}
     # xyxy_resized: boxes in the 64x48 teacher frame of a 128x96 source image
     assert '{"id": 1, "category": "dog", "box": [1, 2, 31, 42]}' in parts[0]["text"]
     # the shared prefix (system + few-shot) never carries an image
-    assert all(isinstance(m["content"], str) for m in req["messages"][:-1])
+    assert all([p["type"] for p in m["content"]] == ["text"] for m in req["messages"][:-1])
+    # text mode: no image at all
+    assert "multimodal_data" not in unit_to_request(row, specs, "text", "xyxy", 2, SAMPLING)
+
+
+@pytest.mark.vllm
+def test_vision_request_is_what_vllm_parser_made(specs, tmp_path):
+    """The preprocess now does what Ray's multimodal stage did (vLLM's parse_chat_messages on a
+    data: URL + uuid, content format "openai"): same conversation for the chat template, same
+    pixels, same uuid -- so the engine's input, and its answers, are unchanged. Runs vLLM's own
+    parser (no engine) on the request the old code built."""
+    import asyncio
+
+    from vllm.config import ModelConfig
+    from vllm.entrypoints.chat_utils import parse_chat_messages_async
+
+    from teachers.messages import IMAGE_PART, build_messages
+    from teachers.vllm_rows import image_data_url, unit_table
+    from tests.tiny_models import build_tiny_qwen2_vl
+
+    model = build_tiny_qwen2_vl(str(tmp_path / "m"))
+    config = ModelConfig(model=model, dtype="float32", limit_mm_per_prompt={"image": 1, "video": 0})
+    for i, (task, image) in enumerate([("reasoning", jpeg("red")), ("part", jpeg("blue", (640, 480)))]):
+        row = unit(40 + i, task, image=image)
+        new = unit_to_request(row, specs, "vision", "xyxy_resized", 2, SAMPLING)
+        old = build_messages(specs[task], unit_table(row, "xyxy_resized")[0], 2, True)  # the old request
+        old[-1]["content"] = [{"type": "image_url", "image_url": {"url": image_data_url(image)},
+                               "uuid": image_uuid(image)} if p == IMAGE_PART else p for p in old[-1]["content"]]
+        conversation, mm_data, mm_uuids = asyncio.run(
+            parse_chat_messages_async(old, config, content_format="openai"))
+        assert new["messages"] == conversation
+        assert new["multimodal_uuids"] == dict(mm_uuids)
+        (theirs,), (ours,) = mm_data["image"], new["multimodal_data"]["image"]
+        theirs = getattr(theirs, "media", theirs)
+        assert (ours.mode, ours.size) == (theirs.mode, theirs.size)
+        assert ours.tobytes() == theirs.tobytes()
 
 
 def test_object_table_ids_match_annotations(specs):
@@ -255,6 +294,8 @@ def test_processor_config_gpu_and_cpu_placement(specs):
     assert gpu.engine_kwargs["tensor_parallel_size"] == 2 and gpu.placement_group_config is None
     assert gpu.should_continue_on_error and gpu.engine_kwargs["limit_mm_per_prompt"] == {"image": 1, "video": 0}
     assert gpu.engine_kwargs["structured_outputs_config"]["disable_any_whitespace"] is True
+    # the preprocess feeds the engine stage decoded images: Ray's per-row multimodal parse is off
+    assert gpu.prepare_multimodal_stage is False
     cpu = VllmTeacher(teacher_cfg("/m"), specs).processor_config()
     bundle = cpu.placement_group_config["bundles"][0]
     assert bundle["CPU"] == 1 and not bundle.get("GPU")
