@@ -1,4 +1,4 @@
-"""Image preparation and duplicate requests for a vision teacher: the old way and the new one, side by side.
+"""Image preparation and duplicate requests for a vision teacher: the old ways and the new one, side by side.
 
     python bench/image_prep.py [--records 40] [--images 200]
 
@@ -7,11 +7,15 @@
      old: decode -> fit without grid (no resize) -> JPEG q90 re-encode; per unit: base64 data URL,
           vLLM's MediaConnector decode, vLLM's MultiModalHasher over the pixels, the real
           Qwen2VLImageProcessor (which resizes 640x480 -> 644x476 again).
-     new: decode -> ONE resize onto the 28 px grid -> ONE encode; base64 once per image (shared
-          image part); per unit: MediaConnector decode (Ray's multimodal stage still parses each
-          row); no hashing (stable uuid); the processor once per image (vLLM's processor cache,
-          keyed by the uuid), and it finds nothing to resize.
-   Also counted: image resizes per image before the engine (stream + processor).
+     mm_stage (issue 16, first step): decode -> ONE resize onto the 28 px grid -> ONE encode;
+          base64 once per image (shared image part); per unit: MediaConnector decode (Ray's
+          multimodal stage parses each row); no hashing (stable uuid); the processor once per
+          image (vLLM's processor cache, keyed by the uuid), and it finds nothing to resize.
+     new: the same stream; the preprocess decodes the teacher image ONCE per image and hands it,
+          with its uuid, to the engine stage (Ray's multimodal stage off); no data URL, no parse.
+   Also counted: image resizes per image before the engine (stream + processor), decodes of the
+   teacher image after the stream, and apart from the measure, the per-unit cost of carrying the
+   decoded image across one Ray stage boundary (a pickle round trip).
 2. Duplicate teacher requests in a sample build (vision teacher, Qwen2.5-VL settings): request
    keys of every unit without de-duplication vs what the stream sends with it (the real
    split_for_stream -> ReadImages -> DecodeAndFanOut -> collapse_requests, no Ray).
@@ -65,6 +69,8 @@ class Engine:
         self.hasher = MultiModalHasher
         self.proc = Qwen2VLImageProcessor(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
         self.resizes = self.calls = 0
+        self.transport = 0.0
+        self.decodes = 0
         self.cpu: dict[str, float] = {}
 
     def timed(self, name: str, fn: Any, *args: Any) -> Any:
@@ -74,11 +80,22 @@ class Engine:
         return out
 
     def parse(self, url: str) -> Any:
+        self.decodes += 1
         return self.timed("engine_parse", self.connector.fetch_image, url)
 
     def hash(self, img: Any) -> str:
         # vLLM's default algorithm, over the item as the engine gets it
         return self.timed("engine_hash", lambda: self.hasher.hash_kwargs("blake3", model_id="bench", image=img))
+
+    def carry(self, img: Any) -> None:
+        """What moving the unit row's decoded image across ONE Ray stage boundary costs: Ray pickles
+        each row's `__data` dict on its own (object column), so every unit pays for its copy.
+        Counted apart (`row_transport`), not in the issue's measure."""
+        import pickle
+
+        t0 = time.process_time()
+        pickle.loads(pickle.dumps(img, protocol=5))
+        self.transport += time.process_time() - t0
 
     def process(self, img: Any) -> Any:
         img = getattr(img, "media", img)  # vLLM's MediaWithBytes wraps the PIL image
@@ -98,39 +115,74 @@ def prepare_old(data: bytes, size: tuple[int, int], units: int, eng: Engine) -> 
     assert err is None
     for _ in range(units):
         img = eng.parse(eng.timed("data_url", image_data_url, jpeg))
+        eng.carry(img)
         eng.hash(img)
         eng.process(img)
     return int((tw, th) != size)
 
 
-def prepare_new(data: bytes, size: tuple[int, int], units: int, eng: Engine) -> int:
+def prepare_mm_stage(data: bytes, size: tuple[int, int], units: int, eng: Engine) -> int:
+    """Issue 16, first step (main until 2026-11-30): one resize + one encode in the stream, one
+    base64 data URL per image, then Ray's multimodal stage decodes the URL again on EVERY unit row."""
     from pipelines.build.stages.images import decode_image
-    from teachers.vllm_rows import _ImagePartCache
+    from teachers.vllm_rows import image_data_url, image_uuid
 
-    parts = _ImagePartCache()
+    jpeg, tw, th, err, _ = eng.timed("stream_decode_resize_encode", decode_image, data, *size, 10**9, True,
+                                     MAX_PIXELS, FACTOR, MIN_PIXELS)
+    assert err is None
+    urls: dict[str, str] = {}  # the former per-worker image-part cache
+    processed: set[str] = set()
+    for _ in range(units):
+        uid = eng.timed("data_url", lambda: image_uuid(jpeg))
+        url = urls.get(uid) or urls.setdefault(uid, eng.timed("data_url", image_data_url, jpeg))
+        img = eng.parse(url)
+        eng.carry(img)
+        if uid not in processed:  # vLLM's processor cache: hit for the later units
+            processed.add(uid)
+            eng.process(img)
+    return int((tw, th) != size)
+
+
+def prepare_new(data: bytes, size: tuple[int, int], units: int, eng: Engine) -> int:
+    """Now: the same stream; the preprocess decodes the teacher image ONCE per image (shared by its
+    units, teachers/vllm_rows.IMAGES) and hands it to the engine stage with its uuid; Ray's
+    multimodal stage is off, nothing parses the image again."""
+    from pipelines.build.stages.images import decode_image
+    from teachers.vllm_rows import _ImageCache
+
+    images = _ImageCache()
     jpeg, tw, th, err, _ = eng.timed("stream_decode_resize_encode", decode_image, data, *size, 10**9, True,
                                      MAX_PIXELS, FACTOR, MIN_PIXELS)
     assert err is None
     processed: set[str] = set()
     for _ in range(units):
-        part = eng.timed("data_url", parts.part, jpeg)
-        img = eng.parse(part["image_url"]["url"])
-        if part["uuid"] not in processed:  # vLLM's processor cache: hit for the later units
-            processed.add(part["uuid"])
+        uid, img = eng.timed("teacher_decode_once", images.get, jpeg)
+        eng.carry(img)
+        if uid not in processed:
+            processed.add(uid)
             eng.process(img)
+    eng.decodes += images.misses
     return int((tw, th) != size)
 
 
+PATHS = (("old", prepare_old), ("mm_stage", prepare_mm_stage), ("new", prepare_new))
+
+
 def bench_prepare(records: int, size: tuple[int, int]) -> dict[str, Any]:
-    eng = Engine()
     images = [photo_jpeg(i, *size) for i in range(records)]
     units = [3 + (i % 2) for i in range(records)]  # 3.5 units per record on average
     out: dict[str, Any] = {"size": f"{size[0]}x{size[1]}", "records": records,
                            "units_per_record": sum(units) / records}
-    for name, fn in (("old", prepare_old), ("new", prepare_new)):
-        fn(images[0], size, 1, eng)  # warm caches / imports
-        eng.resizes, eng.calls, eng.cpu = 0, 0, {}
-        stream_resizes = sum(fn(data, size, n, eng) for data, n in zip(images, units, strict=True))
+    engines = {name: Engine() for name, _ in PATHS}  # one CPU account per path
+    for name, fn in PATHS:
+        fn(images[0], size, 1, engines[name])  # warm caches / imports
+        engines[name] = Engine()
+    stream_resizes = dict.fromkeys(engines, 0)
+    # Paths interleaved record by record: the shared machine's load drifts, each path sees the same.
+    for data, n in zip(images, units, strict=True):
+        for name, fn in PATHS:
+            stream_resizes[name] += fn(data, size, n, engines[name])
+    for name, eng in engines.items():
         per = {k: round(1000 * v / records, 2) for k, v in eng.cpu.items()}
         total = sum(eng.cpu.values())
         out[name] = {
@@ -140,9 +192,15 @@ def bench_prepare(records: int, size: tuple[int, int]) -> dict[str, Any]:
                 1000 * (total - eng.cpu.get("hf_processor", 0.0)) / records, 2),
             "cpu_ms_by_component": per,
             # resizes one request's image goes through: the stream's + the engine processor's
-            "resizes_per_image": round(stream_resizes / records + eng.resizes / max(1, eng.calls), 2),
+            "resizes_per_image": round(stream_resizes[name] / records + eng.resizes / max(1, eng.calls), 2),
+            # decodes of the teacher image after the stream (MediaConnector per unit, or ours once)
+            "teacher_image_decodes_per_record": round(eng.decodes / records, 2),
+            "row_transport_ms_per_record_per_boundary": round(1000 * eng.transport / records, 2),
         }
     out["ratio_new_over_old"] = round(out["new"]["cpu_ms_per_record"] / out["old"]["cpu_ms_per_record"], 3)
+    out["ratio_new_over_mm_stage_without_hf_processor"] = round(
+        out["new"]["cpu_ms_per_record_without_hf_processor"]
+        / out["mm_stage"]["cpu_ms_per_record_without_hf_processor"], 3)
     return out
 
 
@@ -189,16 +247,19 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.out, "w") as fh:
         json.dump(res, fh, indent=2)
     d = res["duplicates"]
+    paths = ("old", "mm_stage", "new")
     for key in ("prepare_640x480", "prepare_1600x1200"):
         pr = res[key]
-        print(f"{pr['size']} record ({pr['units_per_record']} units), CPU-ms: old {pr['old']['cpu_ms_per_record']}  "
-              f"new {pr['new']['cpu_ms_per_record']}  (ratio {pr['ratio_new_over_old']}); without the HF "
-              f"processor: old {pr['old']['cpu_ms_per_record_without_hf_processor']}  "
-              f"new {pr['new']['cpu_ms_per_record_without_hf_processor']}")
-        print(f"  by component old {pr['old']['cpu_ms_by_component']}")
-        print(f"  by component new {pr['new']['cpu_ms_by_component']}")
-        print(f"  image resizes per image before the engine: old {pr['old']['resizes_per_image']}  "
-              f"new {pr['new']['resizes_per_image']}")
+        print(f"{pr['size']} record ({pr['units_per_record']} units), CPU-ms "
+              + "  ".join(f"{p} {pr[p]['cpu_ms_per_record']}" for p in paths)
+              + "; without the HF processor "
+              + "  ".join(f"{p} {pr[p]['cpu_ms_per_record_without_hf_processor']}" for p in paths)
+              + f" (new / mm_stage {pr['ratio_new_over_mm_stage_without_hf_processor']})")
+        for p in paths:
+            print(f"  {p:8s} by component {pr[p]['cpu_ms_by_component']}; resizes/image "
+                  f"{pr[p]['resizes_per_image']}, teacher-image decodes/record "
+                  f"{pr[p]['teacher_image_decodes_per_record']}, row transport/boundary "
+                  f"{pr[p]['row_transport_ms_per_record_per_boundary']} ms")
     print(f"duplicate requests: without de-dup {d['duplicates_without_dedup']} / {d['requests_without_dedup']}, "
           f"sent {d['duplicates_sent']} / {d['requests_sent']} ({d['requests_saved']} saved)")
     print(f"wrote {args.out}")
