@@ -101,7 +101,8 @@ class Engine:
         img = getattr(img, "media", img)  # vLLM's MediaWithBytes wraps the PIL image
         out = self.timed("hf_processor", lambda: self.proc(images=[img], return_tensors="np"))
         _, gh, gw = out["image_grid_thw"][0]
-        self.resizes += (gw * 14, gh * 14) != img.size
+        size = img.size if hasattr(img, "mode") else (img.shape[1], img.shape[0])  # PIL or (H, W, 3) array
+        self.resizes += (gw * 14, gh * 14) != size
         self.calls += 1
         return out
 
