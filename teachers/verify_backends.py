@@ -187,7 +187,7 @@ class VllmVerifier(Verifier):
         if self.needs_images:
             ds = ds.map(prepare)
         processor = build_processor(
-            self.engine.processor_config(),
+            self.engine.processor_config(image_urls=True),  # its rows carry data: URLs (verify_images)
             preprocess=functools.partial(
                 verify_request, prompt=self.prompt, sampling=self.engine.sampling, mode=self.mode
             ),

@@ -63,6 +63,12 @@ PERF_ONLY_ENGINE_KWARGS = frozenset({
     "disable_custom_all_reduce", "kv_cache_memory_bytes", "mm_processor_cache_gb",
 })
 
+# vLLM ModelConfig arguments Ray's CPU multimodal-parsing stage needs to parse messages like the
+# engine (only for callers whose rows carry image URLs: the verifier).
+_MM_MODEL_CONFIG_KEYS = ("trust_remote_code", "revision", "tokenizer", "tokenizer_revision",
+                         "limit_mm_per_prompt", "mm_processor_kwargs")
+
+
 def _plain(value: Any) -> Any:
     """omegaconf containers -> plain dict / list (Ray pickles configs; vLLM validates types)."""
     try:
@@ -160,8 +166,10 @@ class VllmTeacher(Teacher):
             kw.pop("pipeline_parallel_size", None)
         return kw
 
-    def processor_config(self) -> Any:
-        """The `vLLMEngineProcessorConfig` attach() uses (also handy for inspection / the bench)."""
+    def processor_config(self, image_urls: bool = False) -> Any:
+        """The `vLLMEngineProcessorConfig` attach() uses (also handy for inspection / the bench).
+        `image_urls`: the rows carry images as `image_url` message parts (the verifier's requests)
+        for Ray's multimodal stage to decode; the teacher's rows carry decoded images instead."""
         from ray.data.llm import vLLMEngineProcessorConfig
 
         extra: dict[str, Any] = {}
@@ -175,10 +183,19 @@ class VllmTeacher(Teacher):
             extra["tokenize_stage"] = False
         else:
             extra["accelerator_type"] = self.accelerator_type
-        # Vision: Ray's multimodal stage stays OFF. It would decode every unit row's image again
-        # (vLLM's MediaConnector, no sharing between the ~3.5 units of an image); the preprocess
-        # (unit_to_request) already hands the engine stage its decoded image + uuid, once per image.
+        # Teacher rows: Ray's multimodal stage stays OFF. It would decode every unit row's image
+        # again (vLLM's MediaConnector, no sharing between the ~3.5 units of an image); the
+        # preprocess (unit_to_request) already hands the engine stage its decoded image + uuid.
         extra["prepare_multimodal_stage"] = False
+        if self.needs_image and image_urls:
+            mm_kwargs = {k: self.engine_kwargs[k] for k in _MM_MODEL_CONFIG_KEYS if k in self.engine_kwargs}
+            # "openai" keeps the content parts in message order, so an image stays where the
+            # message put it; "string" would move every image placeholder to the front.
+            extra["prepare_multimodal_stage"] = {
+                "enabled": True,
+                "model_config_kwargs": mm_kwargs,
+                "chat_template_content_format": "openai",
+            }
         return vLLMEngineProcessorConfig(
             model_source=self.model_source,
             engine_kwargs=copy.deepcopy(self.engine_kwargs),  # Ray's stage setdefaults into it

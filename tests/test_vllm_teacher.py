@@ -297,6 +297,9 @@ def test_processor_config_gpu_and_cpu_placement(specs):
     assert gpu.engine_kwargs["structured_outputs_config"]["disable_any_whitespace"] is True
     # the preprocess feeds the engine stage decoded images: Ray's per-row multimodal parse is off
     assert gpu.prepare_multimodal_stage is False
+    vision = VllmTeacher(teacher_cfg("/m", mode="vision"), specs)
+    urls = vision.processor_config(image_urls=True).prepare_multimodal_stage  # the verifier's rows
+    assert urls["enabled"] and urls["chat_template_content_format"] == "openai"
     cpu = VllmTeacher(teacher_cfg("/m"), specs).processor_config()
     bundle = cpu.placement_group_config["bundles"][0]
     assert bundle["CPU"] == 1 and not bundle.get("GPU")
