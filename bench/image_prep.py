@@ -37,6 +37,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One compute thread: CPU time is counted per process, and idle OpenMP workers of the HF processor
+# spin after each call, which charged their CPU to whatever component was timed next.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 QWEN25 = os.path.join(ROOT, "configs", "teachers", "qwen2_5_vl_7b.yaml")
 MAX_PIXELS, MIN_PIXELS, FACTOR = 1003520, 3136, 28
@@ -179,9 +183,10 @@ def bench_prepare(records: int, size: tuple[int, int]) -> dict[str, Any]:
         fn(images[0], size, 1, engines[name])  # warm caches / imports
         engines[name] = Engine()
     stream_resizes = dict.fromkeys(engines, 0)
-    # Paths interleaved record by record: the shared machine's load drifts, each path sees the same.
-    for data, n in zip(images, units, strict=True):
-        for name, fn in PATHS:
+    # Paths interleaved record by record (the shared machine's load drifts: each path sees the same),
+    # in a rotating order (the path after another finds that record's bytes warm in the cache).
+    for i, (data, n) in enumerate(zip(images, units, strict=True)):
+        for name, fn in PATHS[i % len(PATHS):] + PATHS[:i % len(PATHS)]:
             stream_resizes[name] += fn(data, size, n, engines[name])
     for name, eng in engines.items():
         per = {k: round(1000 * v / records, 2) for k, v in eng.cpu.items()}
