@@ -130,6 +130,21 @@ def requests_for(cfg: Any, units: list[dict[str, Any]]) -> tuple[list[Any], list
     return [teacher], [pre(u) for u in units]
 
 
+def _chat_messages(request: dict[str, Any]) -> list[dict[str, Any]]:
+    """The request's messages for `LLM.chat`: a vision request carries its decoded image apart
+    (`multimodal_data`, fed straight to Ray's engine stage); `chat` takes it as an `image_pil` part
+    with the same uuid, in place of the `{"type": "image"}` placeholder."""
+    if not request.get("multimodal_data"):
+        return request["messages"]
+    from PIL import Image
+
+    (pixels,), (uid,) = request["multimodal_data"]["image"], request["multimodal_uuids"]["image"]
+    part = {"type": "image_pil", "image_pil": Image.fromarray(pixels), "uuid": uid}
+    *head, last = request["messages"]
+    content = [part if p == {"type": "image"} else p for p in last["content"]]
+    return [*head, {**last, "content": content}]
+
+
 # ----------------------------------------------------------------------------- the two paths
 def run_bare(cfg: Any, units: list[dict[str, Any]]) -> dict[str, Any]:
     """`vllm.LLM.chat` on every request at once: the best case for a single engine."""
@@ -146,7 +161,7 @@ def run_bare(cfg: Any, units: list[dict[str, Any]]) -> dict[str, Any]:
         so = sp.pop("structured_outputs")
         params.append(SamplingParams(**sp, structured_outputs=StructuredOutputsParams(**so)))
     fmt = "openai" if teacher.needs_image else "auto"
-    outs = llm.chat([r["messages"] for r in reqs], params, use_tqdm=False, chat_template_content_format=fmt)
+    outs = llm.chat([_chat_messages(r) for r in reqs], params, use_tqdm=False, chat_template_content_format=fmt)
     t_end = time.perf_counter()
     out_tokens = sum(len(o.outputs[0].token_ids) for o in outs)
     in_tokens = sum(len(o.prompt_token_ids or []) for o in outs)
