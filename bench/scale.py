@@ -138,9 +138,12 @@ def main() -> int:
     ap.add_argument("--keep", help="work folder to keep (default: a temp folder, removed)")
     ap.add_argument("--plan-only", type=int, nargs="*", metavar="N",
                     help="only `--dry-run` (index + plan, no Ray) at these sizes: driver RSS growth per unit")
+    ap.add_argument("--synthetic-index", action="store_true",
+                    help="with --plan-only: write the cached index directly (no JSON to generate or parse), "
+                         "for 1M+ images; the plan reads the same columns")
     args = ap.parse_args()
     if args.plan_only:
-        return plan_only(args.plan_only, args.seed, args.keep)
+        return plan_only(args.plan_only, args.seed, args.keep, args.synthetic_index)
 
     work = args.keep or tempfile.mkdtemp(prefix="gv-scale-")
     t0 = time.monotonic()
@@ -213,12 +216,83 @@ read_source_cached(SourceSpec("coco_scale", "coco", ann, images, []), StorageSpe
 """
 
 
-def plan_only(sizes: list[int], seed: int, keep: str | None) -> int:
-    """Per size: index the source once (parse the JSON, cache the index, like a first build), then
-    `--dry-run` (cached index + plan, no Ray, nothing written)."""
+SYNTHETIC_INDEX = """
+import sys
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pipelines.sources.resolve import INDEX_SCHEMA, SourceSpec, index_cache_uri
+from pipelines.storage.fs import StorageSpec, join
+ann, images, out, n, seed = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+rng = np.random.default_rng(seed)
+uri = index_cache_uri(SourceSpec("coco_scale", "coco", ann, images, []), StorageSpec(), join(out, "cache", "index"))
+w = pq.ParquetWriter(uri, INDEX_SCHEMA, compression="zstd")
+step = 200_000
+for lo in range(0, n, step):
+    k = np.arange(lo, min(n, lo + step))
+    m = len(k)
+    empty = rng.random(m) < EMPTY
+    whole = np.where(empty, 0, np.clip(rng.exponential(7.3, m).astype(np.int64), 1, 40))
+    distinct = np.minimum(whole, 80 - rng.integers(0, 4, m))
+    ann_hash = rng.integers(0, 256, (m, 32), dtype=np.uint8)
+    cols = {
+        "source": pa.array(["coco_scale"] * m), "dataset_format": pa.array(["coco"] * m),
+        "image_id": pa.array(k + 1), "file_name": pa.array([f"{i:012d}.jpg" for i in k]),
+        "image_uri": pa.array([f"{images}/{i:012d}.jpg" for i in k]),
+        "width": pa.array(np.full(m, 640), pa.int32()), "height": pa.array(np.full(m, 480), pa.int32()),
+        "objects": pa.array([[]] * m, INDEX_SCHEMA.field("objects").type),
+        "absent_categories": pa.array([[] for _ in range(m)], pa.list_(pa.string())),
+        "not_exhaustive_categories": pa.array([[] for _ in range(m)], pa.list_(pa.string())),
+        "image_error": pa.array(np.where(empty, "no_annotations", None).tolist(), pa.string()),
+        "image_error_detail": pa.nulls(m, pa.string()),
+        "ann_hash": pa.array([bytes(r).hex() for r in ann_hash], pa.string()),
+        "n_whole": pa.array(whole, pa.int32()), "n_part": pa.array(np.zeros(m), pa.int32()),
+        "n_absent": pa.array(np.where(empty, 0, 80 - distinct), pa.int32()),
+    }
+    w.write_table(pa.table(cols, schema=INDEX_SCHEMA), row_group_size=2048)
+w.close()
+"""
+
+
+def synthetic_source(root: str, n: int) -> dict[str, str]:
+    """A one-image annotation file (the index cache is keyed by its identity) and `n` hardlinked
+    images: the index itself is written by SYNTHETIC_INDEX."""
+    ann_path = os.path.join(root, f"instances_synthetic_{n}.json")
+    img_dir = os.path.join(root, "images")
+    if os.path.exists(ann_path):
+        return {"annotations": ann_path, "images": img_dir}
+    small = make_source(os.path.join(root, "one"), 1, 0)
+    base = os.path.join(root, "one", "base", "640x480.jpg")
+    os.makedirs(img_dir, exist_ok=True)
+    for k in range(n):
+        os.link(base, os.path.join(img_dir, f"{k:012d}.jpg"))
+    shutil.copyfile(small["annotations"], ann_path)
+    return {"annotations": ann_path, "images": img_dir}
+
+
+def plan_only(sizes: list[int], seed: int, keep: str | None, synthetic: bool = False) -> int:
+    """Per size: index the source once (parse the JSON, cache the index, like a first build; or, with
+    `synthetic`, write a synthetic cached index), then `--dry-run` (cached index + plan, no Ray,
+    nothing written)."""
     work = keep or tempfile.mkdtemp(prefix="gv-scale-plan-")
     rows = []
     for n in sizes:
+        if synthetic:
+            src = synthetic_source(os.path.join(work, f"synthetic-{n}"), n)
+            cfg = os.path.join(work, f"plan-{n}.yaml")
+            out = os.path.join(work, f"out-{n}")
+            with open(cfg, "w") as fh:
+                json.dump({"data": {"sources": [{"name": "coco_scale", "format": "coco", **src}]},
+                           "output": {"uri": out}}, fh)
+            os.makedirs(os.path.join(out, "cache", "index"), exist_ok=True)
+            iw, idrv, _, _ = run([sys.executable, "-c", f"EMPTY = {EMPTY_FRACTION}\n" + SYNTHETIC_INDEX,
+                                  src["annotations"], src["images"], out, str(n), str(seed)])
+            wall, drv, _, stdout = run([sys.executable, BUILD, "--config", cfg, "--dry-run"])
+            units = int(next(x for x in stdout.splitlines() if x.startswith("plan:")).split("), ")[1].split()[0])
+            rows.append((n, units, wall, drv))
+            print(f"{n} images, {units} units: synthetic index {iw:.1f} s; "
+                  f"plan (--dry-run, cached index) {wall:.1f} s / driver peak {drv / 2**20:.0f} MB", flush=True)
+            continue
         src = make_source(os.path.join(work, f"source-{n}"), n, seed)
         cfg = os.path.join(work, f"plan-{n}.yaml")
         with open(cfg, "w") as fh:
