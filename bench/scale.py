@@ -265,7 +265,10 @@ def synthetic_source(root: str, n: int) -> dict[str, str]:
     base = os.path.join(root, "one", "base", "640x480.jpg")
     os.makedirs(img_dir, exist_ok=True)
     for k in range(n):
-        os.link(base, os.path.join(img_dir, f"{k:012d}.jpg"))
+        if k % 60_000 == 0:  # a file has at most ~65,000 hard links (ext4)
+            src_file = os.path.join(root, "one", f"base-{k}.jpg")
+            shutil.copyfile(base, src_file)
+        os.link(src_file, os.path.join(img_dir, f"{k:012d}.jpg"))
     shutil.copyfile(small["annotations"], ann_path)
     return {"annotations": ann_path, "images": img_dir}
 
