@@ -20,29 +20,31 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines.build.plan_units import (
+    REASONS,
+    RETRY,
+    UID,
+    as_bool,
+    build_units,
+    identity_column,
+    ledger_views,
+    reason_codes,
+    relocations,
+)
+from pipelines.build.unit_keys import KeyMap, KeySet, digest_to_hex
 from pipelines.core.keys import (
     COUNT_COLUMNS,
     IMAGE_UNIT_FIELDS,
     KEY_FIELDS,
     REASON_REMOVED,
     annotation_hash,
-    final_error_mask,
-    generation_key,
     object_counts,
     unit_row,
-    why_column,
 )
-from schemas.columns import IMAGE_SCHEMA, IMAGE_WORK_SCHEMA, OUTCOME_ERROR, PLANNED_UNIT_TYPE, TASKS
+from schemas.columns import IMAGE_SCHEMA, IMAGE_WORK_SCHEMA, PLANNED_UNIT_TYPE, TASKS
 
 NO_ANNOTATIONS = "no_annotations"  # reader's image_error for an image without any annotation
 FORMATS_WITH_PARTS = ("paco",)  # `part` is planned only for sources that can have parts
-UID = ["source", "image_id", "task"]
-KEY_COMPONENTS = ["image_identity", "ann_hash", "prompt_hash", "teacher_hash"]
-_KEEP_NULLS = pc.ScalarAggregateOptions(skip_nulls=False)  # "first" must be the first row's value, null too
-
-
-def _bool(arr: Any) -> np.ndarray:
-    return np.asarray(pc.fill_null(arr, False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def applicable_masks(images: pa.Table) -> dict[str, np.ndarray]:
@@ -56,9 +58,9 @@ def applicable_masks(images: pa.Table) -> dict[str, np.ndarray]:
     else:
         counts = object_counts(images)
     n_whole, n_part, n_absent = counts["n_whole"], counts["n_part"], counts["n_absent"]
-    err = _bool(pc.is_valid(images.column("image_error")))
-    empty = _bool(pc.equal(images.column("image_error"), NO_ANNOTATIONS))
-    with_parts = _bool(pc.is_in(images.column("dataset_format"), value_set=pa.array(FORMATS_WITH_PARTS)))
+    err = as_bool(pc.is_valid(images.column("image_error")))
+    empty = as_bool(pc.equal(images.column("image_error"), NO_ANNOTATIONS))
+    with_parts = as_bool(pc.is_in(images.column("dataset_format"), value_set=pa.array(FORMATS_WITH_PARTS)))
     ok = {
         "hallucination": (n_whole > 0) | (n_absent > 0),
         "multi_object": n_whole >= 2,
@@ -87,15 +89,18 @@ class TaskPlan:
 @dataclass
 class Plan:
     images: pa.Table  # the source index the plan was made from (Arrow, shared, not copied)
-    gen: pa.Table  # the units to generate: image row `idx`, `task_rank`, PLANNED_UNIT_TYPE fields
-    reused_keys: set[str]
-    reuse_from: dict[str, str]  # reused key -> the batch whose rows are carried
+    gen: pa.Table  # the units to generate: image row `idx` (int32), `task_rank` (int8), `gen_key` (32 bytes)
+    reused_keys: KeySet  # hex keys of the reused units (held as digests)
+    reuse_from: KeyMap  # reused key -> the batch whose rows are carried
     refilter: list[dict[str, Any]]  # units to re-check from their stored response (UNIT fields, no image)
     tasks: dict[str, TaskPlan]
     units_total: int
     images_total: int
     images_excluded: int
     no_annotations: int = 0  # images without any annotation: no unit of any task
+    identities: pa.Array | None = None  # per image row: content identity (the key input)
+    prompt_hashes: dict[str, str] = field(default_factory=dict)
+    teacher_hash: str = ""
     # reused unit -> the image's current uri, for units whose stored rows name another location (the
     # images folder was moved or copied: same identity, new path); the commit rewrites that column
     relocate: dict[str, str | None] = field(default_factory=dict)
@@ -106,7 +111,7 @@ class Plan:
     def work(self) -> pa.Table:
         """IMAGE_WORK_SCHEMA: each image with >= 1 unit to generate (built on demand: a dry run
         never copies the images)."""
-        return _work(self.images, self.gen)
+        return _work(self, self.gen)
 
     def iter_work(self, images_per_slice: int) -> Iterator[pa.Table]:
         """`work` in slices of at most `images_per_slice` images, never all of it at once."""
@@ -117,7 +122,7 @@ class Plan:
         for i in range(0, len(uniq), step):
             lo = starts[i]
             hi = starts[i + step] if i + step < len(uniq) else len(idx)
-            yield _work(self.images, gen.slice(lo, hi - lo))
+            yield _work(self, gen.slice(lo, hi - lo))
 
     @property
     def unchanged(self) -> bool:
@@ -160,142 +165,135 @@ def make_plan(
         images = images.append_column("ann_hash", pa.array([annotation_hash(r) for r in images.to_pylist()],
                                                             pa.string()))
     tasks = {t: TaskPlan() for t in TASKS}
-    units = _units(images, source_tasks, identities, prompt_hashes, teacher_hash, tasks)
-    fresh, stale, previous = _ledger_views(ledger, reuse_errors_from or set(), filter_version)
-    units = units.join(fresh, "gen_key", join_type="left outer")
-    units = units.join(stale, "gen_key", join_type="left outer")
-    units = units.join(previous, UID, join_type="left outer")
-    units = units.append_column("reason", why_column(units))
-    reused = _bool(pc.is_valid(units.column("reuse_batch")))
-    refilter_mask = ~reused & _bool(pc.is_valid(units.column("stale_batch")))
+    idents = identity_column(images, identities)
+    units = build_units(images, idents, _planned_rows(images, source_tasks, tasks), prompt_hashes, teacher_hash)
+    if ledger.num_rows:
+        fresh, stale, previous = ledger_views(ledger, images, reuse_errors_from or set(), filter_version)
+        units = units.join(fresh, "gen_key", join_type="left outer")
+        units = units.join(stale, "gen_key", join_type="left outer")
+        units = units.join(previous, ["idx", "task_rank"], join_type="left outer")
+    else:  # nothing to join (a first build, a dry run on a new output): no copies of the units
+        n = units.num_rows
+        units = (units.append_column("reuse_row", pa.nulls(n, pa.int64()))
+                 .append_column("stale_row", pa.nulls(n, pa.int64()))
+                 .append_column("prev_row", pa.nulls(n, pa.int64())))
+    reason = reason_codes(units, ledger, images, idents, prompt_hashes, teacher_hash)
+    reused = as_bool(pc.is_valid(units.column("reuse_row")))
+    refilter_mask = ~reused & as_bool(pc.is_valid(units.column("stale_row")))
     generate = ~reused & ~refilter_mask
-    _count(tasks, units, reused, refilter_mask, generate)
+    _count(tasks, units.column("task_rank").to_numpy(), reason, reused, refilter_mask, generate)
+    batch = _ledger_batches(ledger)
     reused_t = units.filter(pa.array(reused))
-    reuse_from = dict(zip(reused_t.column("gen_key").to_pylist(), reused_t.column("reuse_batch").to_pylist(),
-                          strict=True))
-    relocate, moved, unrecorded = _relocations(reused_t, tasks)
-    refilter = _refilter_rows(images, units.filter(pa.array(refilter_mask)))
-    kept = set(reuse_from) | {u["gen_key"] for u in refilter}
-    _count_dropped(tasks, previous, units, kept)
-    gen = units.filter(pa.array(generate)).select(["idx", "task_rank", *[f.name for f in PLANNED_UNIT_TYPE]])
-    return Plan(images=images, gen=gen, reused_keys=set(reuse_from),
-                reuse_from=reuse_from, refilter=refilter, tasks=tasks, units_total=units.num_rows,
-                images_total=images.num_rows, images_excluded=images_excluded,
-                no_annotations=int(_bool(pc.equal(images.column("image_error"), NO_ANNOTATIONS)).sum()),
+    reuse_from = KeyMap(reused_t.column("gen_key"), _take(batch, reused_t.column("reuse_row")))
+    relocate, moved, unrecorded = relocations(images, ledger, reused_t, tasks)
+    del reused_t
+    stale_t = units.filter(pa.array(refilter_mask))
+    stale_t = stale_t.append_column("stale_batch", _take(batch, stale_t.column("stale_row")).cast(pa.string()))
+    refilter = _refilter_rows(images, idents, stale_t, prompt_hashes, teacher_hash)
+    _count_dropped(tasks, ledger, units, reason, reused | refilter_mask)
+    gen = units.filter(pa.array(generate)).select(["idx", "task_rank", "gen_key"])
+    return Plan(images=images, gen=gen, reused_keys=reuse_from, reuse_from=reuse_from, refilter=refilter,
+                tasks=tasks, units_total=units.num_rows, images_total=images.num_rows,
+                images_excluded=images_excluded,
+                no_annotations=int(as_bool(pc.equal(images.column("image_error"), NO_ANNOTATIONS)).sum()),
+                identities=idents, prompt_hashes=dict(prompt_hashes), teacher_hash=teacher_hash,
                 relocate=relocate, images_moved=moved, locations_unrecorded=unrecorded)
 
 
-def _relocations(reused: pa.Table, tasks: dict[str, TaskPlan]) -> tuple[dict[str, str | None], int, int]:
-    """Reused units whose carried rows name another image location than the source's current one
-    (the identity has no path, so a moved folder keeps every key): gen_key -> current uri, the
-    number of distinct images moved, and the units whose ledger predates the image_uri column."""
-    cur = np.asarray(reused.column("image_uri").to_numpy(zero_copy_only=False), dtype=object)
-    old = np.asarray(reused.column("reuse_image_uri").to_numpy(zero_copy_only=False), dtype=object)
-    differs = cur != old  # elementwise on objects: None == None, so an unchanged null is no move
-    if not differs.any():
-        return {}, 0, 0
-    keys = np.asarray(reused.column("gen_key").to_numpy(zero_copy_only=False), dtype=object)[differs]
-    task_col = np.asarray(reused.column("task").to_numpy(zero_copy_only=False), dtype=object)[differs]
-    for t, n in Counter(task_col.tolist()).items():
-        tasks[t].relocated = n
-    recorded = np.array([o is not None for o in old[differs]], dtype=bool)
-    uids = reused.filter(pa.array(differs)).select(["source", "image_id"]).filter(pa.array(recorded))
-    moved = len(set(zip(uids.column("source").to_pylist(), uids.column("image_id").to_pylist(), strict=True)))
-    return dict(zip(keys.tolist(), cur[differs].tolist(), strict=True)), moved, int((~recorded).sum())
+def _ledger_batches(ledger: pa.Table) -> pa.DictionaryArray:
+    """The ledger's batch column, dictionary-encoded once (a unit takes a 4-byte code of it)."""
+    return ledger.column("batch").combine_chunks().cast(pa.string()).dictionary_encode()
 
 
-def _units(images: pa.Table, source_tasks: Mapping[str, list[str]], identities: Mapping[str, str],
-           prompt_hashes: Mapping[str, str], teacher_hash: str, tasks: dict[str, TaskPlan]) -> pa.Table:
-    """One row per planned unit: image row index, uid, key inputs and generation key."""
-    idents = [identities.get(u, "missing") for u in images.column("image_uri").to_pylist()]
-    anns = images.column("ann_hash").to_pylist()
-    empty = _bool(pc.equal(images.column("image_error"), NO_ANNOTATIONS))
+def _take(batch: pa.DictionaryArray, rows: pa.ChunkedArray | pa.Array) -> pa.DictionaryArray:
+    rows = rows.combine_chunks() if isinstance(rows, pa.ChunkedArray) else rows
+    return batch.take(rows) if len(rows) else pa.DictionaryArray.from_arrays(
+        pa.array([], pa.int32()), pa.array([], pa.string()))
+
+
+def _planned_rows(images: pa.Table, source_tasks: Mapping[str, list[str]], tasks: dict[str, TaskPlan]
+                  ) -> dict[str, np.ndarray]:
+    """Per task, the image rows it is planned for (its source has it and it applies)."""
+    empty = as_bool(pc.equal(images.column("image_error"), NO_ANNOTATIONS))
     masks = applicable_masks(images)
-    parts = []
-    for rank, task in enumerate(TASKS):
-        has = _bool(pc.is_in(images.column("source"),
-                             value_set=pa.array([s for s, ts in source_tasks.items() if task in ts], pa.string())))
+    out = {}
+    for task in TASKS:
+        has = as_bool(pc.is_in(images.column("source"),
+                               value_set=pa.array([s for s, ts in source_tasks.items() if task in ts], pa.string())))
         tasks[task].not_applicable = int((has & ~empty & ~masks[task]).sum())
-        idx = np.flatnonzero(has & masks[task])
-        ph = prompt_hashes.get(task, "")
-        keys = [generation_key(idents[i], anns[i], task, ph, teacher_hash) for i in idx]
-        parts.append(pa.table({
-            "idx": pa.array(idx, pa.int64()), "task_rank": pa.array(np.full(len(idx), rank), pa.int32()),
-            "source": images.column("source").take(idx), "image_id": images.column("image_id").take(idx),
-            "task": pa.array([task] * len(idx), pa.string()), "gen_key": pa.array(keys, pa.string()),
-            "image_uri": images.column("image_uri").take(idx),
-            "image_identity": pa.array([idents[i] for i in idx], pa.string()),
-            "ann_hash": pa.array([anns[i] for i in idx], pa.string()),
-            "prompt_hash": pa.array([ph] * len(idx), pa.string()),
-            "teacher_hash": pa.array([teacher_hash] * len(idx), pa.string()),
-        }))
-    return pa.concat_tables(parts)
+        out[task] = np.flatnonzero(has & masks[task]).astype(np.int32)
+    return out
 
 
-def _ledger_views(ledger: pa.Table, own: set[str], filter_version: str | None
-                  ) -> tuple[pa.Table, pa.Table, pa.Table]:
-    """(gen_key -> reuse_batch), (gen_key -> stale_batch), (uid -> prev_* of the last row)."""
-    is_err = _bool(pc.equal(ledger.column("outcome"), OUTCOME_ERROR))
-    mine = _bool(pc.is_in(ledger.column("batch"), value_set=pa.array(sorted(own), pa.string())))
-    usable = ~is_err | mine | final_error_mask(ledger.column("error_reason"))
-    if filter_version is None:
-        same_filters = np.ones(ledger.num_rows, dtype=bool)
-    else:
-        same_filters = _bool(pc.equal(ledger.column("filter_version"), filter_version)) | is_err
-    # the first usable row per key: its batch provides the unit's rows, its image_uri says where
-    # those rows locate the image
-    fresh = (ledger.filter(pa.array(usable & same_filters)).select(["gen_key", "batch", "image_uri"])
-             .group_by("gen_key", use_threads=False)
-             .aggregate([("batch", "first"), ("image_uri", "first", _KEEP_NULLS)])
-             .rename_columns(["gen_key", "reuse_batch", "reuse_image_uri"]))
-    stale = (ledger.filter(pa.array(usable & ~same_filters)).select(["gen_key", "batch"])
-             .group_by("gen_key", use_threads=False).aggregate([("batch", "first")])
-             .rename_columns(["gen_key", "stale_batch"]))
-    prev = (ledger.select([*UID, "gen_key", *KEY_COMPONENTS]).group_by(UID, use_threads=False)
-            .aggregate([(c, "last") for c in ["gen_key", *KEY_COMPONENTS]]))
-    prev = prev.rename_columns([*UID, *[f"prev_{c}" for c in ["gen_key", *KEY_COMPONENTS]]])
-    return fresh, stale, prev
-
-
-def _count(tasks: dict[str, TaskPlan], units: pa.Table, reused: np.ndarray, refilter: np.ndarray,
-           generate: np.ndarray) -> None:
-    task_col = np.asarray(units.column("task").to_numpy(zero_copy_only=False), dtype=object)
-    reasons = np.asarray(units.column("reason").to_numpy(zero_copy_only=False), dtype=object)
-    for t, tp in tasks.items():
-        mine = task_col == t
+def _count(tasks: dict[str, TaskPlan], rank: np.ndarray, reason: np.ndarray, reused: np.ndarray,
+           refilter: np.ndarray, generate: np.ndarray) -> None:
+    for r, t in enumerate(TASKS):
+        tp = tasks[t]
+        mine = rank == r
         tp.planned = int(mine.sum())
         tp.reused = int((mine & reused).sum())
         tp.refilter = int((mine & refilter).sum())
         tp.generate = int((mine & generate).sum())
-        tp.generate_reasons = Counter(reasons[mine & generate].tolist())
+        counts = np.bincount(reason[mine & generate], minlength=len(REASONS))
+        tp.generate_reasons = Counter({REASONS[c]: int(k) for c, k in enumerate(counts) if k})
 
 
-def _count_dropped(tasks: dict[str, TaskPlan], previous: pa.Table, units: pa.Table, kept: set[str]) -> None:
-    """Previous units (last row per uid) not reused or re-checked, with the reason of the unit that
-    replaces them (or `unit no longer planned`)."""
-    gone = previous.filter(pc.invert(pc.is_in(previous.column("prev_gen_key"),
-                                              value_set=pa.array(sorted(kept), pa.string()))))
-    gone = gone.select(UID).join(units.select([*UID, "reason"]), UID, join_type="left outer")
-    for task, reason in zip(gone.column("task").to_pylist(), gone.column("reason").to_pylist(), strict=True):
-        tp = tasks.setdefault(task, TaskPlan())
-        tp.dropped += 1
-        tp.drop_reasons[reason or REASON_REMOVED] += 1
+def _count_dropped(tasks: dict[str, TaskPlan], ledger: pa.Table, units: pa.Table, reason: np.ndarray,
+                   kept_units: np.ndarray) -> None:
+    """Previous units (last ledger row per uid) not reused or re-checked, with the reason of the
+    unit that replaces them (or `unit no longer planned`)."""
+    if not ledger.num_rows:
+        return
+    last = (ledger.select(UID).append_column("row", pa.array(np.arange(ledger.num_rows, dtype=np.int64)))
+            .group_by(UID, use_threads=False).aggregate([("row", "max")]).column("row_max").to_numpy())
+    rows = np.asarray(pc.fill_null(units.column("prev_row"), -1).to_numpy(zero_copy_only=False), dtype=np.int64)
+    has = rows >= 0
+    by_row = np.full(ledger.num_rows, -1, dtype=np.int8)  # the replacing unit's reason, -1: none
+    by_row[rows[has]] = reason[has]
+    kept = np.zeros(ledger.num_rows, dtype=bool)  # the same key reused / re-checked
+    kept[rows[has & kept_units & (reason == RETRY)]] = True
+    gone = last[~kept[last]]
+    if not len(gone):
+        return
+    task = ledger.column("task").take(pa.array(gone)).combine_chunks().dictionary_encode()
+    codes = task.indices.to_numpy(zero_copy_only=False).astype(np.int64) * (len(REASONS) + 1) + by_row[gone] + 1
+    uniq, counts = np.unique(codes, return_counts=True)
+    for code, k in zip(uniq.tolist(), counts.tolist(), strict=True):
+        name, r = task.dictionary[code // (len(REASONS) + 1)].as_py(), code % (len(REASONS) + 1) - 1
+        tp = tasks.setdefault(name, TaskPlan())
+        tp.dropped += k
+        tp.drop_reasons[REASONS[r] if r >= 0 else REASON_REMOVED] += k
 
 
-def _refilter_rows(images: pa.Table, stale: pa.Table) -> list[dict[str, Any]]:
+def _key_fields(images: pa.Table, idents: pa.Array, units: pa.Table, prompt_hashes: Mapping[str, str],
+                teacher_hash: str) -> dict[str, pa.Array]:
+    """PLANNED_UNIT_TYPE columns (hex keys, task names, key inputs) of some units, made on demand."""
+    idx = units.column("idx").combine_chunks()
+    rank = units.column("task_rank").combine_chunks()
+    n = units.num_rows
+    return {"gen_key": digest_to_hex(units.column("gen_key")),
+            "task": pa.array(TASKS, pa.string()).take(rank),
+            "image_identity": idents.take(idx), "ann_hash": images.column("ann_hash").take(idx).combine_chunks(),
+            "prompt_hash": pa.array([prompt_hashes.get(t, "") for t in TASKS], pa.string()).take(rank),
+            "teacher_hash": pa.array(np.full(n, teacher_hash, dtype=object), pa.string()) if n
+            else pa.array([], pa.string())}
+
+
+def _refilter_rows(images: pa.Table, idents: pa.Array, stale: pa.Table, prompt_hashes: Mapping[str, str],
+                   teacher_hash: str) -> list[dict[str, Any]]:
     """Unit rows (no pixels) for re-checking stored responses; `batch` says where each is stored."""
     if not stale.num_rows:
         return []
+    keys = _key_fields(images, idents, stale, prompt_hashes, teacher_hash)
+    batches = stale.column("stale_batch").to_pylist()
     if "objects" not in images.column_names:  # a counts-only plan (--dry-run): keys and batches
-        return [{"gen_key": k, "batch": b} for k, b in zip(stale.column("gen_key").to_pylist(),
-                                                            stale.column("stale_batch").to_pylist(), strict=True)]
+        return [{"gen_key": k, "batch": b} for k, b in zip(keys["gen_key"].to_pylist(), batches, strict=True)]
     imgs = images.take(stale.column("idx")).select(list(IMAGE_UNIT_FIELDS)).to_pylist()
-    keys = stale.select(list(KEY_FIELDS)).to_pylist()
-    return [{**unit_row(i, k), "batch": b}
-            for i, k, b in zip(imgs, keys, stale.column("stale_batch").to_pylist(), strict=True)]
+    key_rows = pa.table({k: keys[k] for k in KEY_FIELDS}).to_pylist()
+    return [{**unit_row(i, k), "batch": b} for i, k, b in zip(imgs, key_rows, batches, strict=True)]
 
 
-def _work(images: pa.Table, gen: pa.Table) -> pa.Table:
+def _work(plan: Plan, gen: pa.Table) -> pa.Table:
     """IMAGE_WORK_SCHEMA: each image with >= 1 unit to generate, its units nested in task order."""
     if not gen.num_rows:
         return IMAGE_WORK_SCHEMA.empty_table()
@@ -303,9 +301,9 @@ def _work(images: pa.Table, gen: pa.Table) -> pa.Table:
     idx = gen.column("idx").to_numpy()
     uniq, starts = np.unique(idx, return_index=True)
     offsets = pa.array(np.append(starts, len(idx)), pa.int32())
-    structs = pa.StructArray.from_arrays([gen.column(f.name).combine_chunks() for f in PLANNED_UNIT_TYPE],
-                                         fields=list(PLANNED_UNIT_TYPE))
-    base = images.take(pa.array(uniq)).select(IMAGE_SCHEMA.names)
+    fields = _key_fields(plan.images, plan.identities, gen, plan.prompt_hashes, plan.teacher_hash)
+    structs = pa.StructArray.from_arrays([fields[f.name] for f in PLANNED_UNIT_TYPE], fields=list(PLANNED_UNIT_TYPE))
+    base = plan.images.take(pa.array(uniq)).select(IMAGE_SCHEMA.names)
     return base.append_column("units", pa.ListArray.from_arrays(offsets, structs)).cast(IMAGE_WORK_SCHEMA)
 
 

@@ -100,6 +100,21 @@ def generation_key(image_identity: str, ann_hash: str, task: str, prompt_hash: s
                         "prompt": prompt_hash, "teacher": teacher_hash, "code": PROMPT_CODE_VERSION})
 
 
+def generation_key_digests(idents: list[str], anns: list[str], task: str, prompt_hash: str, teacher_hash: str
+                           ) -> bytes:
+    """`generation_key` of many units of one task as concatenated 32-byte sha256 digests (the key is
+    their hex). Same canonical JSON as `sha256_json`, built from a template: the constant parts are
+    encoded once and no per-unit dict is made (tested equal to `generation_key`)."""
+    dumps = json.dumps
+    head = '{"ann":'
+    mid = (f',"code":{dumps(PROMPT_CODE_VERSION)},"image":')
+    tail = (f',"prompt":{dumps(prompt_hash)},"task":{dumps(task)},"teacher":{dumps(teacher_hash)},'
+            f'"v":{dumps(KEY_VERSION)}}}')
+    sha = hashlib.sha256
+    return b"".join(sha((head + dumps(a) + mid + dumps(i) + tail).encode()).digest()
+                    for i, a in zip(idents, anns, strict=True))
+
+
 def request_key(image: str | None, table_text: str, local_ids: Iterable[int], task: str, prompt_hash: str,
                 teacher_hash: str) -> str:
     """sha256 over what the teacher sees (identical requests are sent once, teachers/requests.py).
@@ -161,23 +176,6 @@ def why(prev: Mapping[str, Any] | None, key: str, ident: str, ann: str, prompt: 
 
 KEY_INPUTS = (("image_identity", REASON_IMAGE), ("ann_hash", REASON_ANN), ("prompt_hash", REASON_PROMPT),
               ("teacher_hash", REASON_TEACHER))
-
-
-def why_column(units: pa.Table) -> pa.Array:
-    """`why` over a table of units joined to their previous ledger row: columns gen_key and the key
-    inputs, and the previous row's as `prev_<name>` (null when the unit is new)."""
-    def col(name: str) -> np.ndarray:
-        return np.asarray(units.column(name).to_numpy(zero_copy_only=False), dtype=object)
-
-    prev_key = col("prev_gen_key")
-    out = np.full(units.num_rows, REASON_CODE, dtype=object)
-    decided = np.zeros(units.num_rows, dtype=bool)
-    for mask, reason in [(prev_key == None, REASON_NEW), (prev_key == col("gen_key"), REASON_RETRY),  # noqa: E711
-                         *[(col(f"prev_{c}") != col(c), r) for c, r in KEY_INPUTS]]:
-        take = mask & ~decided
-        out[take] = reason
-        decided |= take
-    return pa.array(out.tolist(), pa.string())
 
 
 # --- the one builder of UNIT rows (schemas.columns.UNIT_FIELDS) --------------------------------------
