@@ -140,9 +140,9 @@ def stream(ctx: BuildContext, p: Plan, ledger: Ledger, progress: Progress) -> se
 def commit(ctx: BuildContext, p: Plan, ledger: Ledger, current: Manifest | None, receipts: list,
            first_plan: Plan, progress: Progress, wall_start: float) -> Manifest:
     shards, covered = select_existing(ledger, p.reuse_from, ctx.output, ctx.store, p.relocate)
-    missing = p.reused_keys - covered
+    missing = len(p.reused_keys) - len(covered)  # covered is a subset of the reused keys
     if missing:  # never commit a version that silently lost units
-        raise RuntimeError(f"{len(missing)} planned units have no rows in any shard; re-run the build")
+        raise RuntimeError(f"{missing} planned units have no rows in any shard; re-run the build")
     check_shrink(current, shards, ctx.cfg.commit.allow_shrink, ctx.cfg.commit.max_shrink)  # before paying to verify
     verified = verify_step(ctx, shards, current)
     shards = verified.shards
@@ -276,7 +276,7 @@ def print_verify_plan(ctx: BuildContext, p: Plan, current: Manifest | None) -> N
         if current is not None and (current.stats or {}).get("verify", {}).get("enabled"):
             print("verify: off (verify.backend=none): every pair returns to samples unverified")
         return
-    why = verify_plan(ctx.output, ctx.store, ctx.verifier, current, set(p.reuse_from))
+    why = verify_plan(ctx.output, ctx.store, ctx.verifier, current, p.reused_keys)
     print(f"verify {ctx.verifier.label()} (prompt {ctx.verifier.prompt.content_hash[:10]}):")
     for task, c in sorted(why.items()):
         todo = sum(n for k, n in c.items() if k != "stored verdict")

@@ -13,11 +13,14 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any, Mapping
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipelines.build.plan_units import as_bool
 from pipelines.build.stages.shards import conform, parquet_bytes, shard_path
+from pipelines.build.unit_keys import KeyMap, KeySet, digests_of, hex_to_digest
 from pipelines.storage import fs as storage
 from pipelines.storage import guard
 from pipelines.storage.fs import StorageSpec
@@ -64,42 +67,55 @@ def check_shrink(previous: Manifest | None, shards: list[ShardEntry], allow: boo
 
 
 def select_existing(
-    ledger: Ledger, reuse_from: dict[str, str], output: str, store: StorageSpec,
+    ledger: Ledger, reuse_from: KeyMap, output: str, store: StorageSpec,
     relocate: Mapping[str, str | None] | None = None,
-) -> tuple[list[ShardEntry], set[str]]:
+) -> tuple[list[ShardEntry], KeySet]:
     """Existing shards to carry into the new version, rewriting partially kept batches.
 
     `reuse_from` maps each reused unit to the one batch that provides its rows (the plan's choice),
     so a unit is never taken twice. `relocate` (the plan's moved images: gen_key -> current uri)
     rewrites the `image_uri` column of the batches that hold those units, and nothing else.
-    Returns (entries, keys covered).
+    Returns (entries, keys covered). Vectorised over the ledger: no Python object per ledger row,
+    only the kept keys of a batch that is rewritten.
     """
     relocate = relocate or {}
-    keys_by_batch: dict[str, list[str]] = {}
     rows = ledger.rows
-    for key, batch in zip(rows.column("gen_key").to_pylist(), rows.column("batch").to_pylist(), strict=True):
-        keys_by_batch.setdefault(batch, []).append(key)
-    covered: set[str] = set()
+    batches = rows.column("batch")
+    chosen = as_bool(pc.equal(reuse_from.batch_of(rows.column("gen_key")), batches))
+    digests = digests_of(hex_to_digest(rows.column("gen_key")))
+    # a key's first row in its chosen batch (a batch may list a key twice: it is taken once)
+    first = np.zeros(rows.num_rows, dtype=bool)
+    if chosen.any():
+        sel = np.flatnonzero(chosen)
+        _, at = np.unique(np.ascontiguousarray(digests[sel]).view(np.dtype((np.void, 32))).ravel(),
+                          return_index=True)
+        first[sel[at]] = True
+    enc = batches.combine_chunks().cast(pa.string()).dictionary_encode()
+    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    names = {b: i for i, b in enumerate(enc.dictionary.to_pylist())}
+    total = np.bincount(codes, minlength=len(names))
+    kept_n = np.bincount(codes[first], minlength=len(names))
+    moved_rows = first & as_bool(pc.is_in(rows.column("gen_key"), value_set=pa.array(list(relocate), pa.string())))
+    moved_n = np.bincount(codes[moved_rows], minlength=len(names))
     out: list[ShardEntry] = []
     for batch in ledger.batch_order:
-        keys = keys_by_batch.get(batch, [])
-        keep = [k for k in keys if reuse_from.get(k) == batch and k not in covered]
-        if not keep:
+        code = names.get(batch)
+        if code is None or not kept_n[code]:
             continue
-        covered.update(keep)
         shards = ledger.shards_by_batch[batch]
-        moved = {k: relocate[k] for k in keep if k in relocate}
-        if len(keep) == len(keys) and not moved:
+        if kept_n[code] == total[code] and not moved_n[code]:
             out.extend(shards)
             continue
+        keep = sorted(rows.column("gen_key").filter(pa.array(first & (codes == code))).to_pylist())
+        moved = {k: relocate[k] for k in keep if k in relocate}
         # a new label: the old one keeps naming the old shards (older versions, stale receipts)
-        label = "\n".join([batch, *sorted(keep), *sorted(f"{k}={v}" for k, v in moved.items())])
+        label = "\n".join([batch, *keep, *sorted(f"{k}={v}" for k, v in moved.items())])
         new_batch = hashlib.sha256(label.encode()).hexdigest()[:24]
         for s in shards:
             entry = rewrite_shard(s, set(keep), new_batch, output, store, moved)
             if entry is not None:
                 out.append(entry)
-    return out, covered
+    return out, KeySet(digests[first])
 
 
 def rewrite_shard(

@@ -20,8 +20,9 @@ from __future__ import annotations
 import hashlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Container
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.build.stages.shards import write_shard
@@ -292,7 +293,7 @@ def _summary(verifier: Verifier, stats: dict[str, Counter]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------- dry run
 def verify_plan(
-    output: str, store: StorageSpec, verifier: Verifier, current: Manifest | None, reused_keys: set[str]
+    output: str, store: StorageSpec, verifier: Verifier, current: Manifest | None, reused_keys: Container[str]
 ) -> dict[str, Counter]:
     """Per task: why each stored pair of the reused units would be (re-)verified, or that it reuses
     a stored verdict. Reads the parent version's sample / verify_failed / verdict shards only."""
@@ -307,8 +308,12 @@ def verify_plan(
     for s in current.shards:
         if s.kind not in (KIND_SAMPLES, KIND_VERIFY_FAILED):
             continue
-        for r in read_rows(output, s, store):
-            if r["gen_key"] not in reused_keys:
+        rows = read_rows(output, s, store)
+        isin = getattr(reused_keys, "isin", None)  # a KeySet answers for the whole shard at once
+        inside = isin(pa.array([r["gen_key"] for r in rows], pa.string())) if isin else \
+            [r["gen_key"] in reused_keys for r in rows]
+        for r, reused in zip(rows, inside, strict=True):
+            if not reused:
                 continue
             pk = pair_key(r)
             if verify_key(pk, vh, ph) in stored:
