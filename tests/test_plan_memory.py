@@ -93,3 +93,26 @@ def test_plan_with_arrow_identities_equals_plan_with_a_dict(tmp_path):
         for u in w["units"]:
             assert u["gen_key"] == generation_key(u["image_identity"], u["ann_hash"], u["task"],
                                                   prompts[u["task"]], "T")
+
+
+@pytest.mark.unit
+def test_cached_index_keeps_category_names_compact_with_the_same_values(tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipelines.sources.resolve import SourceSpec, index_cache_uri, read_source_cached
+    from pipelines.sources.sample_data import ensure_sample_dataset
+    from schemas.columns import IMAGE_SCHEMA
+
+    m = next(m for m in ensure_sample_dataset(str(tmp_path / "s"), num_images=8, seed=3) if m["format"] == "coco")
+    spec, store = SourceSpec(m["name"], m["format"], m["annotations"], m["images"], []), storage.StorageSpec()
+    cache = str(tmp_path / "cache")
+    fresh = read_source_cached(spec, store, cache)  # parsed, then cached
+    cached = read_source_cached(spec, store, cache)
+    plain = pq.read_table(index_cache_uri(spec, store, cache))  # the file keeps plain strings
+    assert plain.schema.field("absent_categories").type == pa.list_(pa.string())
+    for t in (fresh, cached):
+        assert pa.types.is_dictionary(t.schema.field("absent_categories").type.value_type)
+        assert t.column("absent_categories").to_pylist() == plain.column("absent_categories").to_pylist()
+        as_images = lambda x: x.select(IMAGE_SCHEMA.names).cast(IMAGE_SCHEMA)  # noqa: E731
+        assert as_images(t).equals(as_images(plain))
+    assert sum(len(x) for x in plain.column("absent_categories").to_pylist()) > 0

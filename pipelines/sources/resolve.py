@@ -75,6 +75,13 @@ def load_exclusions(value: Any, store: StorageSpec) -> set[int]:
 
 # the cached index: image records + what the plan needs, computed once when the source is indexed
 INDEX_SCHEMA = pa.schema([*IMAGE_SCHEMA, ("ann_hash", pa.string()), *[(c, pa.int32()) for c in COUNT_COLUMNS]])
+# The index in memory: `absent_categories` (COCO: every category not in the image, ~75 names per
+# image) as dictionary-encoded names: 4 bytes per name instead of the string (~95 MB -> ~35 MB at
+# COCO train2017). Same values for every reader (to_pylist, list lengths, the cast to the stream's
+# IMAGE_WORK_SCHEMA); the file keeps plain strings (Parquet dictionary-encodes them on disk anyway).
+COMPACT_NAMES = pa.list_(pa.dictionary(pa.int32(), pa.string()))
+INDEX_MEMORY_SCHEMA = pa.schema([INDEX_SCHEMA.field(c).with_type(COMPACT_NAMES) if c == "absent_categories"
+                                 else INDEX_SCHEMA.field(c) for c in INDEX_SCHEMA.names])
 # the columns a plan without a stream (--dry-run) reads: no objects, no category lists
 PLAN_COLUMNS = ["source", "dataset_format", "image_id", "image_uri", "image_error", "ann_hash", *COUNT_COLUMNS]
 
@@ -118,7 +125,7 @@ class Identities(Mapping[str, str]):
 
 @dataclass
 class SourceImages:
-    images: pa.Table  # INDEX_SCHEMA: IMAGE_SCHEMA + ann_hash
+    images: pa.Table  # INDEX_MEMORY_SCHEMA: IMAGE_SCHEMA + ann_hash + counts (compact category names)
     excluded: int
     identities: Identities  # image_uri -> content identity
 
@@ -147,13 +154,14 @@ def read_source_cached(src: SourceSpec, store: StorageSpec, cache: str | None, w
     `write_cache=False` (dry runs, which write nothing) reads a cached index but never writes one.
     `columns`: only these (INDEX_SCHEMA order), read by projection from a cached index.
     """
-    schema = pa.schema([INDEX_SCHEMA.field(c) for c in columns]) if columns else INDEX_SCHEMA
+    schema = _memory_schema(columns)
     uri = index_cache_uri(src, store, cache)
     if uri is not None:
         try:
             fs, path = storage.fs_and_path(uri, store)
-            return storage.with_retries(lambda: pq.read_table(path, filesystem=fs, columns=schema.names), store,
-                                        f"read {uri}").cast(schema)
+            return storage.with_retries(lambda: pq.read_table(path, filesystem=fs, columns=schema.names,
+                                                              read_dictionary=["absent_categories.list.element"]),
+                                        store, f"read {uri}").cast(schema)
         except (FileNotFoundError, OSError, pa.ArrowInvalid, KeyError):
             pass
     t = read_source(src.name, src.format, src.annotations, src.images, store.options_for(src.annotations),
@@ -167,7 +175,12 @@ def read_source_cached(src: SourceSpec, store: StorageSpec, cache: str | None, w
             storage.write_bytes(uri, buf.getvalue(), store)
         except OSError:
             pass  # a cache is an optimisation: never fail a build over it
-    return t.select(schema.names)
+    return t.select(schema.names).cast(schema)
+
+
+def _memory_schema(columns: list[str] | None) -> pa.Schema:
+    """INDEX_MEMORY_SCHEMA, or only `columns` of it."""
+    return pa.schema([INDEX_MEMORY_SCHEMA.field(c) for c in columns]) if columns else INDEX_MEMORY_SCHEMA
 
 
 INDEX_ROW_GROUP = 2048
@@ -215,8 +228,7 @@ def load_images(sources: list[SourceSpec], exclude: set[int], limit: int | None,
             excluded += t.num_rows - pc.sum(keep.cast(pa.int64())).as_py()
             t = t.filter(keep)
         tables.append(t)
-    schema = pa.schema([INDEX_SCHEMA.field(c) for c in columns]) if columns else INDEX_SCHEMA
-    images = pa.concat_tables(tables) if tables else schema.empty_table()
+    images = pa.concat_tables(tables) if tables else _memory_schema(columns).empty_table()
     if limit is not None:
         images = images.slice(0, limit)
     uris, values = [], []
