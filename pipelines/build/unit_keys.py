@@ -43,8 +43,16 @@ def digests_of(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 def hex_to_digest(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
     """64-char hex strings -> fixed_size_binary(32), vectorised; nulls stay null. A value that is not
-    64 hex chars (never a generation key) maps to an all-0xFF digest, which no sha256 hex equals."""
-    a = _combined(arr).cast(pa.string())
+    64 hex chars (never a generation key) maps to an all-0xFF digest, which no sha256 hex equals.
+    Chunk by chunk: a column of more than 2 GB of hex never has to be combined into one array."""
+    if isinstance(arr, pa.ChunkedArray):
+        parts = [_hex_to_digest(c) for c in arr.chunks if len(c)]
+        return pa.concat_arrays(parts) if parts else pa.array([], DIGEST)
+    return _hex_to_digest(arr)
+
+
+def _hex_to_digest(arr: pa.Array) -> pa.Array:
+    a = arr.cast(pa.string())
     n = len(a)
     if n == 0:
         return pa.array([], DIGEST)
