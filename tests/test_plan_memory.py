@@ -116,3 +116,50 @@ def test_cached_index_keeps_category_names_compact_with_the_same_values(tmp_path
         as_images = lambda x: x.select(IMAGE_SCHEMA.names).cast(IMAGE_SCHEMA)  # noqa: E731
         assert as_images(t).equals(as_images(plain))
     assert sum(len(x) for x in plain.column("absent_categories").to_pylist()) > 0
+
+
+@pytest.mark.unit
+def test_plan_against_a_ledger_counts_reuse_drops_and_reasons(tmp_path):
+    from collections import Counter
+
+    import pyarrow.compute as pc
+
+    from pipelines.build.plan import make_plan
+    from pipelines.sources.resolve import SourceSpec, load_images
+    from pipelines.sources.sample_data import ensure_sample_dataset
+    from pipelines.storage.output import LEDGER_COLUMNS
+    from schemas.columns import RAW_SCHEMA, TASKS
+
+    made = ensure_sample_dataset(str(tmp_path / "s"), num_images=10, seed=5)
+    specs = [SourceSpec(m["name"], m["format"], m["annotations"], m["images"], []) for m in made]
+    imgs = load_images(specs, set(), None, storage.StorageSpec())
+    tasks = {s.name: list(TASKS) for s in specs}
+    prompts = {t: f"p-{t}" for t in TASKS}
+    empty = RAW_SCHEMA.empty_table().select(LEDGER_COLUMNS).append_column("batch", pa.array([], pa.string()))
+    p1 = make_plan(imgs.images, tasks, imgs.identities, prompts, "T", empty, filter_version="F")
+    rows = [{**u, "source": w["source"], "image_id": w["image_id"], "image_uri": w["image_uri"],
+             "outcome": "accepted", "error_reason": None, "filter_version": "F", "batch": "b1"}
+            for w in p1.work.to_pylist() for u in w["units"]]
+    gone = (rows[0]["source"], rows[0]["image_id"])  # this image leaves the index
+    retry = next(r for r in rows if (r["source"], r["image_id"]) != gone and r["task"] == "hallucination")
+    retry.update(outcome="error", error_reason="teacher:teacher_failed")
+    ledger = pa.Table.from_pylist(rows, schema=empty.schema)
+    keep = pc.invert(pc.and_(pc.equal(imgs.images.column("source"), gone[0]),
+                             pc.equal(imgs.images.column("image_id"), gone[1])))
+    p2 = make_plan(imgs.images.filter(keep), tasks, imgs.identities, {**prompts, "reasoning": "edited"}, "T",
+                   ledger, filter_version="F")
+    per_gone = Counter(r["task"] for r in rows if (r["source"], r["image_id"]) == gone)
+    per_task = Counter(r["task"] for r in rows)
+    reasoning = per_task["reasoning"] - per_gone["reasoning"]
+    assert reasoning > 0 and per_gone["hallucination"] == 1
+    assert p2.tasks["reasoning"].generate == reasoning and p2.tasks["reasoning"].reused == 0
+    assert p2.tasks["reasoning"].generate_reasons == Counter({"prompt changed": reasoning})
+    assert p2.tasks["reasoning"].drop_reasons == Counter({"prompt changed": reasoning,
+                                                          "unit no longer planned": per_gone["reasoning"]})
+    h = p2.tasks["hallucination"]
+    assert h.generate == 1 and h.generate_reasons == Counter({"retry of an error": 1})
+    assert h.reused == per_task["hallucination"] - 2
+    assert h.drop_reasons == Counter({"retry of an error": 1, "unit no longer planned": 1})
+    assert len(p2.reuse_from) == sum(t.reused for t in p2.tasks.values())
+    assert set(p2.reuse_from.items()) <= {(r["gen_key"], "b1") for r in rows}
+    assert not p2.unchanged and not p2.relocate

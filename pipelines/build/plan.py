@@ -23,7 +23,6 @@ import pyarrow.compute as pc
 from pipelines.build.plan_units import (
     REASONS,
     RETRY,
-    UID,
     as_bool,
     build_units,
     identity_column,
@@ -168,7 +167,7 @@ def make_plan(
     idents = identity_column(images, identities)
     units = build_units(images, idents, _planned_rows(images, source_tasks, tasks), prompt_hashes, teacher_hash)
     if ledger.num_rows:
-        fresh, stale, previous = ledger_views(ledger, images, reuse_errors_from or set(), filter_version)
+        fresh, stale, previous, last = ledger_views(ledger, images, reuse_errors_from or set(), filter_version)
         units = units.join(fresh, "gen_key", join_type="left outer")
         units = units.join(stale, "gen_key", join_type="left outer")
         units = units.join(previous, ["idx", "task_rank"], join_type="left outer")
@@ -190,7 +189,8 @@ def make_plan(
     stale_t = units.filter(pa.array(refilter_mask))
     stale_t = stale_t.append_column("stale_batch", _take(batch, stale_t.column("stale_row")).cast(pa.string()))
     refilter = _refilter_rows(images, idents, stale_t, prompt_hashes, teacher_hash)
-    _count_dropped(tasks, ledger, units, reason, reused | refilter_mask)
+    if ledger.num_rows:
+        _count_dropped(tasks, ledger, last, units, reason, reused | refilter_mask)
     gen = units.filter(pa.array(generate)).select(["idx", "task_rank", "gen_key"])
     return Plan(images=images, gen=gen, reused_keys=reuse_from, reuse_from=reuse_from, refilter=refilter,
                 tasks=tasks, units_total=units.num_rows, images_total=images.num_rows,
@@ -238,14 +238,10 @@ def _count(tasks: dict[str, TaskPlan], rank: np.ndarray, reason: np.ndarray, reu
         tp.generate_reasons = Counter({REASONS[c]: int(k) for c, k in enumerate(counts) if k})
 
 
-def _count_dropped(tasks: dict[str, TaskPlan], ledger: pa.Table, units: pa.Table, reason: np.ndarray,
-                   kept_units: np.ndarray) -> None:
-    """Previous units (last ledger row per uid) not reused or re-checked, with the reason of the
-    unit that replaces them (or `unit no longer planned`)."""
-    if not ledger.num_rows:
-        return
-    last = (ledger.select(UID).append_column("row", pa.array(np.arange(ledger.num_rows, dtype=np.int64)))
-            .group_by(UID, use_threads=False).aggregate([("row", "max")]).column("row_max").to_numpy())
+def _count_dropped(tasks: dict[str, TaskPlan], ledger: pa.Table, last: np.ndarray, units: pa.Table,
+                   reason: np.ndarray, kept_units: np.ndarray) -> None:
+    """Previous units (`last`: the last ledger row per uid) not reused or re-checked, with the
+    reason of the unit that replaces them (or `unit no longer planned`)."""
     rows = np.asarray(pc.fill_null(units.column("prev_row"), -1).to_numpy(zero_copy_only=False), dtype=np.int64)
     has = rows >= 0
     by_row = np.full(ledger.num_rows, -1, dtype=np.int8)  # the replacing unit's reason, -1: none

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.build.unit_keys import DIGEST, digest_array, digest_to_hex, digests_of, hex_to_digest
+from pipelines.build.unit_keys import digest_array, digest_to_hex, digests_of, hex_to_digest
 from pipelines.core.keys import (
     KEY_INPUTS,
     REASON_CODE,
@@ -31,6 +31,7 @@ UID = ["source", "image_id", "task"]
 REASONS = (REASON_NEW, REASON_RETRY, *[r for _, r in KEY_INPUTS], REASON_CODE)
 NEW, RETRY, CODE = 0, 1, len(REASONS) - 1
 HASH_SLICE = 65_536  # images per hashing slice: bounds the Python strings alive at once
+SLICE = 1 << 18  # units per comparison slice (reasons, relocations): bounds the strings taken at once
 
 
 def as_bool(arr: Any) -> np.ndarray:
@@ -68,11 +69,11 @@ def build_units(images: pa.Table, idents: pa.Array, rows_by_task: dict[str, np.n
 
 
 def ledger_views(ledger: pa.Table, images: pa.Table, own: set[str], filter_version: str | None
-                 ) -> tuple[pa.Table, pa.Table, pa.Table]:
+                 ) -> tuple[pa.Table, pa.Table, pa.Table, np.ndarray]:
     """(gen_key -> reuse_row), (gen_key -> stale_row): the first usable ledger row of a key with
     the same / another filter version (its batch provides the unit's rows, its image_uri says where
-    they locate the image); and (idx, task_rank -> prev_row): each unit's last ledger row (its
-    image's row `idx` null when the image left the index). Rows, not values: 8 bytes per unit."""
+    they locate the image); (idx, task_rank -> prev_row): each planned uid's last ledger row; and
+    the last row of every uid in the ledger (`last_rows`). Rows, not values: 8 bytes per unit."""
     n = ledger.num_rows
     row = pa.array(np.arange(n, dtype=np.int64))
     is_err = as_bool(pc.equal(ledger.column("outcome"), OUTCOME_ERROR))
@@ -88,14 +89,50 @@ def ledger_views(ledger: pa.Table, images: pa.Table, own: set[str], filter_versi
         return (base.filter(pa.array(mask)).group_by("gen_key", use_threads=False)
                 .aggregate([("row", "min")]).rename_columns(["gen_key", name]))
 
-    last = (ledger.select(UID).append_column("row", row)
-            .group_by(UID, use_threads=False).aggregate([("row", "max")]).rename_columns([*UID, "prev_row"]))
-    where = images.select(["source", "image_id"]).append_column(
-        "idx", pa.array(np.arange(images.num_rows, dtype=np.int32)))
-    last = last.join(where, ["source", "image_id"], join_type="left outer")
-    rank = pc.index_in(last.column("task"), value_set=pa.array(TASKS, pa.string())).cast(pa.int8())
-    prev = pa.table({"idx": last.column("idx"), "task_rank": rank, "prev_row": last.column("prev_row")})
-    return first(usable & same, "reuse_row"), first(usable & ~same, "stale_row"), prev
+    prev, last = last_rows(ledger, images)
+    return first(usable & same, "reuse_row"), first(usable & ~same, "stale_row"), prev, last
+
+
+def last_rows(ledger: pa.Table, images: pa.Table) -> tuple[pa.Table, np.ndarray]:
+    """Each uid's last ledger row: (idx, task_rank -> prev_row) for uids whose image is in the
+    index, and every uid's last row (those of images that left the index too). numpy over an int64
+    (image row, task) code; only the uids of images that left are grouped by their strings."""
+    n = ledger.num_rows
+    rows = np.arange(n, dtype=np.int64)
+    idx = _image_rows(ledger, images)
+    rank = np.asarray(pc.fill_null(pc.index_in(ledger.column("task"), value_set=pa.array(TASKS, pa.string())), -1)
+                      .to_numpy(zero_copy_only=False), dtype=np.int64)
+    mapped = (idx >= 0) & (rank >= 0)
+    code = idx[mapped] * 8 + rank[mapped]
+    order = np.lexsort((rows[mapped], code))
+    ends = np.append(code[order][1:] != code[order][:-1], True) if len(code) else np.zeros(0, dtype=bool)
+    last_code, last_mapped = code[order][ends], rows[mapped][order][ends]
+    prev = pa.table({"idx": pa.array(last_code // 8, pa.int32()), "task_rank": pa.array(last_code % 8, pa.int8()),
+                     "prev_row": pa.array(last_mapped, pa.int64())})
+    gone = np.flatnonzero(~mapped)
+    last_gone = np.zeros(0, dtype=np.int64)
+    if len(gone):
+        last_gone = (ledger.select(UID).take(pa.array(gone)).append_column("row", pa.array(gone))
+                     .group_by(UID, use_threads=False).aggregate([("row", "max")]).column("row_max").to_numpy())
+    return prev, np.concatenate([last_mapped, last_gone])
+
+
+def _image_rows(ledger: pa.Table, images: pa.Table) -> np.ndarray:
+    """The index row of each ledger row's image (source, image_id), -1 when it is not indexed."""
+    out = np.full(ledger.num_rows, -1, dtype=np.int64)
+    ledger_ids = np.asarray(pc.fill_null(ledger.column("image_id"), -1).to_numpy(zero_copy_only=False))
+    image_ids = np.asarray(images.column("image_id").to_numpy(zero_copy_only=False))
+    for src in pc.unique(images.column("source")).to_pylist():
+        mine = np.flatnonzero(as_bool(pc.equal(images.column("source"), src)))
+        order = np.argsort(image_ids[mine], kind="stable")
+        ids = image_ids[mine][order]
+        want = np.flatnonzero(as_bool(pc.equal(ledger.column("source"), src)))
+        if not len(ids) or not len(want):
+            continue
+        pos = np.searchsorted(ids, ledger_ids[want]).clip(0, len(ids) - 1)
+        hit = ids[pos] == ledger_ids[want]
+        out[want[hit]] = mine[order[pos[hit]]]
+    return out
 
 
 def relocations(images: pa.Table, ledger: pa.Table, reused: pa.Table, tasks: dict[str, Any]
@@ -111,9 +148,9 @@ def relocations(images: pa.Table, ledger: pa.Table, reused: pa.Table, tasks: dic
     rows = reused.column("reuse_row").to_numpy()
     differs = np.zeros(n, dtype=bool)
     recorded = np.zeros(n, dtype=bool)
-    for lo in range(0, n, 1 << 20):
-        cur = images.column("image_uri").take(pa.array(idx[lo:lo + (1 << 20)]))
-        old = ledger.column("image_uri").take(pa.array(rows[lo:lo + (1 << 20)]))
+    for lo in range(0, n, SLICE):
+        cur = images.column("image_uri").take(pa.array(idx[lo:lo + SLICE]))
+        old = ledger.column("image_uri").take(pa.array(rows[lo:lo + SLICE]))
         both_null = as_bool(pc.and_(pc.is_null(cur), pc.is_null(old)))
         differs[lo:lo + len(cur)] = ~as_bool(pc.equal(cur, old)) & ~both_null  # null == null: no move
         recorded[lo:lo + len(cur)] = as_bool(pc.is_valid(old))
@@ -142,8 +179,8 @@ def reason_codes(units: pa.Table, ledger: pa.Table, images: pa.Table, idents: pa
     idx_all = units.column("idx").to_numpy()
     rank_all = units.column("task_rank").to_numpy()
     ph = pa.array([prompt_hashes.get(t, "") for t in TASKS], pa.string())
-    for lo in range(0, len(sel), 1 << 20):
-        s = sel[lo:lo + (1 << 20)]
+    for lo in range(0, len(sel), SLICE):
+        s = sel[lo:lo + SLICE]
         rows, idx = pa.array(rows_all[s]), pa.array(idx_all[s])
         now = {"image_identity": idents.take(idx), "ann_hash": images.column("ann_hash").take(idx),
                "prompt_hash": ph.take(pa.array(rank_all[s])), "teacher_hash": pa.scalar(teacher_hash)}
@@ -155,11 +192,3 @@ def reason_codes(units: pa.Table, ledger: pa.Table, images: pa.Table, idents: pa
             code = np.where(~same_key & diff, 2 + k, code).astype(np.int8)
         out[s] = code
     return out
-
-
-def empty_views() -> tuple[pa.Table, pa.Table, pa.Table]:
-    """ledger_views of an empty ledger (a first build, or --dry-run on a new output)."""
-    return (pa.table({"gen_key": pa.array([], DIGEST), "reuse_batch": pa.array([], pa.string())}),
-            pa.table({"gen_key": pa.array([], DIGEST), "stale_batch": pa.array([], pa.string())}),
-            pa.table({"idx": pa.array([], pa.int32()), "task_rank": pa.array([], pa.int8()),
-                      "prev_row": pa.array([], pa.int64())}))

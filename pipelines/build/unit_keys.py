@@ -61,13 +61,12 @@ def _hex_to_digest(arr: pa.Array) -> pa.Array:
     data = np.frombuffer(a.buffers()[2], dtype=np.uint8) if a.buffers()[2] is not None else np.zeros(0, np.uint8)
     good = valid & (np.diff(offsets) == 64)
     out = np.full((n, 32), 255, dtype=np.uint8)
-    if good.any():
-        starts = offsets[:-1][good]
-        chars = data[starts[:, None] + np.arange(64)]
-        nib = _NIBBLE[chars]
+    good_rows = np.flatnonzero(good)
+    for lo in range(0, len(good_rows), 1 << 16):  # slices: the gather index is 512 bytes per key
+        rows = good_rows[lo:lo + (1 << 16)]
+        nib = _NIBBLE[data[offsets[rows][:, None] + np.arange(64, dtype=np.int32)]]
         ok = (nib != 255).all(axis=1)
-        rows = np.flatnonzero(good)[ok]
-        out[rows] = (nib[ok, 0::2] << 4) | nib[ok, 1::2]
+        out[rows[ok]] = (nib[ok, 0::2] << 4) | nib[ok, 1::2]
     mask = pa.array(~valid) if not valid.all() else None
     res = digest_array(out, n)
     return pc.if_else(mask, pa.nulls(n, DIGEST), res) if mask is not None else res
