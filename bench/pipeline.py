@@ -581,6 +581,12 @@ def report(loop: dict[str, Any], ray_big: dict[str, Any], ray_small: dict[str, A
         eff_par = ray_ips / parallel["images_per_s"]
         parallel["efficiency_ray_vs_parallel_loops"] = round(eff_par, 3)
         parallel["scaling_parallel_vs_cores_x_loop"] = round(parallel["images_per_s"] / (n * loop_core_ips), 3)
+        # The same work costs more CPU-s when `n` processes share the VM's cores (caches, SMT siblings):
+        # Ray's actors always run side by side, so this bound leaves that machine effect out.
+        par_cpu = sum(parallel["cpu_s_each"]) / len(parallel["cpu_s_each"])
+        parallel["efficiency_upper_bound_cpu_vs_parallel_loops"] = round(par_cpu / ray_big["all_cpu_s"], 3)
+        summary.insert(2, {"metric": f"efficiency upper bound (CPU-s of one of {n} loops run at once)",
+                           "value": parallel["efficiency_upper_bound_cpu_vs_parallel_loops"], "goal": None, "ok": None})
         summary.insert(3, {"metric": f"efficiency Ray / ({n} loops run at once, measured)",
                            "value": round(eff_par, 3), "goal": None, "ok": None})
     mem: dict[str, Any] = {"big_images": big, "big_peak_bytes": ray_big["peak_bytes"],
@@ -634,7 +640,8 @@ def report(loop: dict[str, Any], ray_big: dict[str, Any], ray_small: dict[str, A
         print(f"  {n} loops at once: {parallel['images_per_s']:.1f} images/s = "
               f"{parallel['scaling_parallel_vs_cores_x_loop']:.2f} x ({n} x one-core loop); "
               f"Ray / that measured ceiling = {parallel['efficiency_ray_vs_parallel_loops']:.2f} "
-              f"(loop CPU-s each {parallel['cpu_s_each']} vs {loop['cpu_s']:.1f} alone)")
+              f"(loop CPU-s each {parallel['cpu_s_each']} vs {loop['cpu_s']:.1f} alone); upper bound from "
+              f"those CPU-seconds {parallel['efficiency_upper_bound_cpu_vs_parallel_loops']:.2f}")
     if busy:
         print(f"  note: the machine was busy (1-min load {loop.get('loadavg_1m')} around the loop, "
               f"{ray_big.get('loadavg_1m')} around Ray; the loop got {res['loop']['cpu_utilisation']:.0%} of a core, "

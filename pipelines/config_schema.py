@@ -162,7 +162,7 @@ class RayConfig:
 
 @dataclass
 class StreamConfig:
-    image_batch_size: int = 64
+    image_batch_size: int = 128
     teacher_batch_size: int = 32
     check_batch_size: int = 64
     write_batch_size: int = 256
