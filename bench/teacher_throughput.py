@@ -126,7 +126,9 @@ def requests_for(cfg: Any, units: list[dict[str, Any]]) -> tuple[list[Any], list
 
     specs = load_prompts(cfg.teacher.prompts_dir or default_prompts_dir(), list(cfg.tasks))
     teacher = VllmTeacher(cfg.teacher, specs)
-    pre = teacher.preprocess_fn()
+    if os.environ.get("GROUNDV_BENCH_VARIANT") == "template_stage":  # the pre-issue-16 layout
+        teacher.template_in_preprocess = False
+    pre = teacher.preprocess_fn(with_prompt=False)  # messages: the bare path chats itself
     return [teacher], [pre(u) for u in units]
 
 
@@ -148,7 +150,16 @@ def _chat_messages(request: dict[str, Any]) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- the two paths
 def run_bare(cfg: Any, units: list[dict[str, Any]]) -> dict[str, Any]:
     """`vllm.LLM.chat` on every request at once: the best case for a single engine."""
+    from bench.pipeline import Sampler
+
     (teacher,), reqs = requests_for(cfg, units)
+    with Sampler(interval=0.5) as sampler:
+        res = _bare_chat(teacher, reqs, units, sampler)
+    res["cpu_s"] = _cpu_groups(sampler.cpu_by_name(since=res.pop("_chat_cpu0")))  # the chat call
+    return res
+
+
+def _bare_chat(teacher: Any, reqs: list[dict[str, Any]], units: list[dict[str, Any]], sampler: Any) -> dict[str, Any]:
     t0 = time.perf_counter()
     from vllm import LLM, SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
@@ -161,24 +172,35 @@ def run_bare(cfg: Any, units: list[dict[str, Any]]) -> dict[str, Any]:
         so = sp.pop("structured_outputs")
         params.append(SamplingParams(**sp, structured_outputs=StructuredOutputsParams(**so)))
     fmt = "openai" if teacher.needs_image else "auto"
+    sampler.sample(full=True)
+    cpu0 = dict(sampler.cpu)
     outs = llm.chat([_chat_messages(r) for r in reqs], params, use_tqdm=False, chat_template_content_format=fmt)
     t_end = time.perf_counter()
     out_tokens = sum(len(o.outputs[0].token_ids) for o in outs)
     in_tokens = sum(len(o.prompt_token_ids or []) for o in outs)
     res = _result("bare_vllm_chat", units, t_end - t0, t_ready - t0, t_end - t_ready, out_tokens, in_tokens, 0)
     res["output_tokens_total"] = out_tokens
+    sampler.sample(full=True)
+    res["_chat_cpu0"] = cpu0
     return res
 
 
-def run_ray(cfg: Any, units: list[dict[str, Any]]) -> dict[str, Any]:
+def run_ray(cfg: Any, units: list[dict[str, Any]], reps: int = 2) -> dict[str, Any]:
     """The production path: VllmTeacher.attach on a Ray dataset, rows streamed back to the driver.
 
-    Three executions, each with fresh engine actors: a one-batch warm-up (the first execution
-    of a Ray session pays extra: worker pool, imports, caches -- measured 55 s vs 39 s on CPU),
-    a one-batch probe, then the full set. Start-up cancels in the difference, so
-    (tokens_full - tokens_probe) / (wall_full - wall_probe) is the steady output rate.
+    Executions, each with fresh engine actors: a one-batch warm-up (the first execution of a
+    Ray session pays extra: worker pool, imports, caches -- measured 55 s vs 39 s on CPU), then
+    `reps` pairs of a one-batch probe and the full set. Start-up cancels in the difference, so
+    (tokens_full - tokens_probe) / (median wall_full - median wall_probe) is the steady output
+    rate; medians because one pair slowed by a neighbour's burst once gave 17,025 tok/s. The CPU
+    seconds of every process (engine actor, other Ray workers, raylet/gcs, driver) are sampled
+    over each pass: full minus probe is what the steady part cost.
     """
+    import statistics
+
     import ray
+
+    from bench.pipeline import Sampler
 
     (teacher,), _ = requests_for(cfg, units)
     t0 = time.perf_counter()
@@ -187,22 +209,34 @@ def run_ray(cfg: Any, units: list[dict[str, Any]]) -> dict[str, Any]:
         ray.init(address=address, num_cpus=None if address else max(4, os.cpu_count() or 1),
                  include_dashboard=False)
     t_ray = time.perf_counter()
-    warm = _ray_pass(teacher, units[: teacher.batch_size])
-    probe = _ray_pass(teacher, units[: teacher.batch_size])
-    full = _ray_pass(teacher, units)
-    d_wall, d_tok = full["wall"] - probe["wall"], full["out"] - probe["out"]
+    with Sampler(interval=0.5) as sampler:
+        warm = _ray_pass(teacher, units[: teacher.batch_size], sampler)
+        pairs = [(_ray_pass(teacher, units[: teacher.batch_size], sampler), _ray_pass(teacher, units, sampler))
+                 for _ in range(reps)]
+    probe_wall = statistics.median(p["wall"] for p, _ in pairs)
+    full_wall = statistics.median(f["wall"] for _, f in pairs)
+    probe, full = pairs[-1]
+    d_wall, d_tok = full_wall - probe_wall, full["out"] - probe["out"]
     steady = d_wall if d_wall > 0 and d_tok > 0 else 0.0
-    res = _result("ray_data_llm", units, full["wall"], 0.0, steady, d_tok, full["in"], full["errors"])
+    res = _result("ray_data_llm", units, full_wall, 0.0, steady, d_tok, full["in"], full["errors"])
+    res["pair_rates"] = [round((f["out"] - p["out"]) / (f["wall"] - p["wall"]), 1) if f["wall"] > p["wall"] else None
+                         for p, f in pairs]
+    res["output_tokens_per_pass"] = sorted({f["out"] for _, f in pairs})  # one value: identical outputs
+    # CPU-s of the steady part: the median (by wall) pair's full pass minus its probe pass
+    mid = sorted(pairs, key=lambda pf: pf[1]["wall"])[len(pairs) // 2]
+    steady_cpu = {k: round(v - mid[0]["cpu"].get(k, 0.0), 2) for k, v in mid[1]["cpu"].items()}
+    res["cpu_s"] = _cpu_groups(steady_cpu)
+    res["cpu_s_full_pass_by_process"] = mid[1]["cpu"]
     rate = d_tok / d_wall if steady else None
     res["startup_s"] = round(full["wall"] - full["out"] / rate, 2) if rate else None  # estimate
     res["output_tokens_total"] = full["out"]
-    res["probe"] = {"units": len(units[: teacher.batch_size]), "wall_s": round(probe["wall"], 2),
+    res["probe"] = {"units": len(units[: teacher.batch_size]), "wall_s": round(probe_wall, 2),
                     "output_tokens": probe["out"], "warmup_wall_s": round(warm["wall"], 2)}
     res["ray_init_s"] = round(t_ray - t0, 2)
     return res
 
 
-def _ray_pass(teacher: Any, units: list[dict[str, Any]]) -> dict[str, Any]:
+def _ray_pass(teacher: Any, units: list[dict[str, Any]], sampler: Any) -> dict[str, Any]:
     import pyarrow as pa
     import ray.data
 
@@ -210,6 +244,8 @@ def _ray_pass(teacher: Any, units: list[dict[str, Any]]) -> dict[str, Any]:
 
     table = pa.Table.from_pylist(units, schema=UNIT_SCHEMA)
     step = teacher.batch_size  # one block per engine batch, as the stream would feed it
+    sampler.sample(full=True)
+    cpu0 = dict(sampler.cpu)
     t0 = time.perf_counter()
     ds = teacher.attach(ray.data.from_arrow([table.slice(i, step) for i in range(0, len(units), step)]))
     out = inp = errors = 0
@@ -218,8 +254,23 @@ def _ray_pass(teacher: Any, units: list[dict[str, Any]]) -> dict[str, Any]:
         inp += sum(v or 0 for v in batch.column("prompt_tokens").to_pylist())
         errors += sum(e is not None for e in batch.column("teacher_error").to_pylist())
     wall = time.perf_counter() - t0
-    print(f"[bench]   ray pass: {len(units)} units, {wall:.1f} s, {out} output tokens", flush=True)
-    return {"wall": wall, "out": out, "in": inp, "errors": errors}
+    sampler.sample(full=True)
+    cpu = sampler.cpu_by_name(since=cpu0)
+    print(f"[bench]   ray pass: {len(units)} units, {wall:.1f} s, {out} output tokens, "
+          f"cpu {round(sum(cpu.values()), 1)} s", flush=True)
+    return {"wall": wall, "out": out, "in": inp, "errors": errors, "cpu": cpu}
+
+
+ENGINE_PROCESS = "vLLMEngineStage"  # the engine actor's name; bare: vLLM runs in the driver
+
+
+def _cpu_groups(by_name: dict[str, float]) -> dict[str, Any]:
+    """CPU seconds: the engine's process vs every other process (Ray workers, raylet, gcs, ...)."""
+    names = [k for k in by_name if ENGINE_PROCESS in k] or ["driver"]
+    engine = sum(by_name.get(k, 0.0) for k in names)
+    total = sum(by_name.values())
+    return {"engine": round(engine, 2), "other": round(total - engine, 2), "total": round(total, 2),
+            "by_process": by_name}
 
 
 def _result(name: str, units: list[dict[str, Any]], wall: float, startup: float, gen_s: float,
@@ -248,6 +299,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=DEFAULT_OUT)
     p.add_argument("--bare-once", dest="bare_twice", action="store_false",
                    help="run the bare path only before the Ray one (default: before and after)")
+    p.add_argument("--reps", type=int, default=2, help="probe/full pass pairs of the Ray path (median)")
+    p.add_argument("--variants", default="default",
+                   help="comma list of Ray-path layouts, run back to back: default (chat template in "
+                        "our preprocess), template_stage (Ray's chat-template stage, the old layout)")
     p.add_argument("overrides", nargs="*", help="config overrides key=value (as for build_groundv.py)")
     return p.parse_args(argv)
 
@@ -259,7 +314,7 @@ def child(args: argparse.Namespace) -> None:
     t = cfg.teacher
     units = synthetic_units(args.units, t.mode == "vision", t.max_pixels, factor=grid_factor(t),
                             min_pixels=t.min_pixels)
-    result = (run_bare if args.only == "bare" else run_ray)(cfg, units)
+    result = run_bare(cfg, units) if args.only == "bare" else run_ray(cfg, units, args.reps)
     (teacher,), _ = requests_for(cfg, units[:1])
     # what actually ran: proves the command-line overrides reached the engine and the processor
     result["settings"] = {"batch_size": teacher.batch_size, "max_concurrent_batches": teacher.concurrent_batches(),
@@ -287,53 +342,76 @@ def main(argv: list[str] | None = None) -> int:
 
         tmp = tempfile.mkdtemp(prefix="groundv-tiny-")
         args.model_dir = (build_tiny_qwen2_vl if args.mode == "vision" else build_tiny_qwen2)(tmp)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    rays = [("ray" if v == "default" else f"ray_{v}", v) for v in variants]
     results: dict[str, Any] = {}
-    # bare, ray, bare again: on a shared machine the load drifts between runs (measured here: x3 in
-    # minutes); the bare rate is the mean of the runs before and after the Ray one.
-    for name in ("bare", "ray", *(["bare_after"] if args.bare_twice else [])):
-        path = "ray" if name == "ray" else "bare"
-        load0 = os.getloadavg()[0]
-        cmd = [sys.executable, os.path.abspath(__file__), "--only", path, "--units", str(args.units),
-               "--mode", args.mode, *(["--cpu-tiny", "--model-dir", args.model_dir] if args.cpu_tiny else []),
-               *(["--config", args.config] if args.config else []), *args.overrides]
-        print(f"[bench] running {path} path ...", flush=True)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        for ln in proc.stdout.splitlines():
-            if ln.startswith("[bench]"):
-                print(ln, flush=True)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if not lines:
-            sys.stderr.write(proc.stderr[-4000:])
-            raise SystemExit(f"[bench] {path} path failed (exit {proc.returncode})")
-        # raw_decode: a worker's log line can land on the same stdout line right after the JSON
-        results[name] = json.JSONDecoder().raw_decode(lines[-1][len("RESULT "):])[0]
-        results[name]["loadavg_1m"] = [round(load0, 1), round(os.getloadavg()[0], 1)]
-        print(f"[bench] {name}: {results[name]}", flush=True)
+    # bare, ray (each variant), bare again: on a shared machine the load drifts between runs
+    # (measured here: x3 in minutes); the bare rate is the mean of the runs before and after.
+    runs = [("bare", None), *rays, *([("bare_after", None)] if args.bare_twice else [])]
+    for name, variant in runs:
+        results[name] = _run_child(args, "ray" if variant else "bare", variant)
     for r in results.values():
         r["output_tok_per_s_wall"] = round(r["output_tokens_total"] / r["wall_s"], 1) if r["wall_s"] else None
-    bare, ray_res = _mean_bare(results), results["ray"]
+    bare = _mean_bare(results)
     summary = {
         "config": args.config, "cpu_tiny": args.cpu_tiny, "mode": args.mode, "units": args.units,
-        "overrides": args.overrides, "bare": bare, "ray": ray_res,
-        # steady state (engine start excluded) and whole wall time (start-up included)
-        "ray_over_bare_output_tok_per_s": _ratio(ray_res["output_tok_per_s"], bare["output_tok_per_s"]),
-        "ray_over_bare_output_tok_per_s_wall": _ratio(ray_res["output_tok_per_s_wall"],
-                                                      bare["output_tok_per_s_wall"]),
+        "overrides": args.overrides, "bare": bare, **{n: results[n] for n, _ in rays},
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    for n, _ in rays:
+        # steady state (engine start excluded) and whole wall time (start-up included)
+        summary[f"{n}_over_bare_output_tok_per_s"] = _ratio(results[n]["output_tok_per_s"], bare["output_tok_per_s"])
+        summary[f"{n}_over_bare_output_tok_per_s_wall"] = _ratio(results[n]["output_tok_per_s_wall"],
+                                                                 bare["output_tok_per_s_wall"])
     if tmp:
         shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as fh:
         json.dump(summary, fh, indent=2)
-    print(f"settings  ray {ray_res['settings']}")
-    print(f"output tok/s steady  bare {bare['output_tok_per_s']}  ray {ray_res['output_tok_per_s']}  "
-          f"ratio {summary['ray_over_bare_output_tok_per_s']}")
-    print(f"output tok/s wall    bare {bare['output_tok_per_s_wall']}  ray {ray_res['output_tok_per_s_wall']}  "
-          f"ratio {summary['ray_over_bare_output_tok_per_s_wall']}")
-    print(f"images/s (wall)  bare {bare['images_per_s_wall']}  ray {ray_res['images_per_s_wall']}")
+    _print_summary(summary, bare, [n for n, _ in rays])
     print(f"wrote {args.out}")
     return 0
+
+
+def _run_child(args: argparse.Namespace, path: str, variant: str | None) -> dict[str, Any]:
+    load0 = os.getloadavg()[0]
+    cmd = [sys.executable, os.path.abspath(__file__), "--only", path, "--units", str(args.units),
+           "--reps", str(args.reps), "--mode", args.mode,
+           *(["--cpu-tiny", "--model-dir", args.model_dir] if args.cpu_tiny else []),
+           *(["--config", args.config] if args.config else []), *args.overrides]
+    env = dict(os.environ, GROUNDV_BENCH_VARIANT=variant or "")
+    print(f"[bench] running {path} path {variant or ''} ...", flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    for ln in proc.stdout.splitlines():
+        if ln.startswith("[bench]"):
+            print(ln, flush=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if not lines:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"[bench] {path} path failed (exit {proc.returncode})")
+    # raw_decode: a worker's log line can land on the same stdout line right after the JSON
+    res = json.JSONDecoder().raw_decode(lines[-1][len("RESULT "):])[0]
+    res["variant"] = variant
+    res["loadavg_1m"] = [round(load0, 1), round(os.getloadavg()[0], 1)]
+    print(f"[bench] {path} {variant or ''}: {json.dumps(res)}", flush=True)
+    return res
+
+
+def _print_summary(summary: dict[str, Any], bare: dict[str, Any], names: list[str]) -> None:
+    every = [*bare["runs"], *(summary[n] for n in names)]
+    print("load average (1 min) at start/end of each run: "
+          + ", ".join(f"{r.get('variant') or 'bare'} {r['loadavg_1m']}" for r in every))
+    print(f"bare      output tok/s steady {bare['output_tok_per_s']}  wall {bare['output_tok_per_s_wall']}  "
+          f"cpu-s of the chat call {[r['cpu_s']['total'] for r in bare['runs']]}")
+    for n in names:
+        r = summary[n]
+        print(f"{n:<9} output tok/s steady {r['output_tok_per_s']} (pairs {r['pair_rates']})  "
+              f"wall {r['output_tok_per_s_wall']}  ratio steady {summary[f'{n}_over_bare_output_tok_per_s']}  "
+              f"wall {summary[f'{n}_over_bare_output_tok_per_s_wall']}  output tokens {r['output_tokens_per_pass']}")
+        c = r["cpu_s"]
+        top = ", ".join(f"{k} {v}" for k, v in list(c["by_process"].items())[:6])
+        print(f"{'':<9} steady cpu-s: engine {c['engine']}  other {c['other']}  ({top})")
+    print(f"settings  {summary[names[0]]['settings']}")
 
 
 def _mean_bare(results: dict[str, Any]) -> dict[str, Any]:

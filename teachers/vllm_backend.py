@@ -1,7 +1,7 @@
 """The vLLM teacher: open VLMs / LLMs through Ray Data's vLLM engine processor (Ray 2.60).
 
-    units --preprocess (unit_to_request; vision: decoded image + uuid, once per image)
-          --> chat template -> tokenize
+    units --preprocess (unit_to_request: chat template applied here; vision: decoded image + uuid,
+          once per image) -> [tokenize: GPU only]
           -> vLLM engine actors (GPU, autoscaling min..max) --postprocess--> normalise_table
 
 * Placement: GPU actors normally (`accelerator_type`, `concurrency=(min_engines, max_engines)`,
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from pipelines.core.secrets import is_secret_key
 from teachers.base import PROMPT_CODE_VERSION, Teacher
+from teachers.chat_prompt import ChatPrompt
 from teachers.messages import MESSAGES_VERSION
 from teachers.prompts import PromptSpec
 from teachers.requests import collapse_requests
@@ -102,6 +103,9 @@ class VllmTeacher(Teacher):
     """Teacher backend `vllm`: see the module doc. Built from the omegaconf `teacher` section."""
 
     backend = "vllm"
+    # Apply the chat template in our preprocess (teachers/chat_prompt.py) and leave Ray's
+    # chat-template stage off; False restores that stage (bench/teacher_throughput.py compares).
+    template_in_preprocess = True
 
     def __init__(self, teacher_cfg: Any, prompts: Mapping[str, PromptSpec]) -> None:
         v = teacher_cfg.vllm
@@ -187,6 +191,9 @@ class VllmTeacher(Teacher):
         # again (vLLM's MediaConnector, no sharing between the ~3.5 units of an image); the
         # preprocess (unit_to_request) already hands the engine stage its decoded image + uuid.
         extra["prepare_multimodal_stage"] = False
+        # The chat template is applied in our preprocess (prompt column): no separate actor pool.
+        # Rows with image URLs (the verifier's) need Ray's multimodal stage and its chat template.
+        extra["chat_template_stage"] = image_urls or not self.template_in_preprocess
         if self.needs_image and image_urls:
             mm_kwargs = {k: self.engine_kwargs[k] for k in _MM_MODEL_CONFIG_KEYS if k in self.engine_kwargs}
             # "openai" keeps the content parts in message order, so an image stays where the
@@ -248,10 +255,17 @@ class VllmTeacher(Teacher):
             if not os.path.isfile(os.path.join(path, "config.json")):
                 raise ValueError(f"teacher.vllm.model_source: no config.json under local path {src!r}")
 
-    def preprocess_fn(self) -> Any:
+    def preprocess_fn(self, with_prompt: bool | None = None) -> Any:
+        """unit row -> request row. `with_prompt` (default: template_in_preprocess): the rendered
+        `prompt` instead of `messages` (False for callers that chat themselves, e.g. the bench's
+        bare `LLM.chat`)."""
+        if with_prompt is None:
+            with_prompt = self.template_in_preprocess
+        trust = bool(self.engine_kwargs.get("trust_remote_code", False))
         return functools.partial(
             unit_to_request, specs=self.specs, mode=self.mode, box_format=self.box_format,
             n_pairs=self.n_pairs, sampling=self.sampling,
+            prompt_of=ChatPrompt(self.model_source, trust) if with_prompt else None,
         )
 
     def request_key_fn(self) -> Any:

@@ -24,7 +24,7 @@ import base64
 import hashlib
 import io
 import json
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -155,8 +155,13 @@ def unit_to_request(
     box_format: str,
     n_pairs: int,
     sampling: Mapping[str, Any],
+    prompt_of: Callable[[list[dict[str, Any]]], str] | None = None,
 ) -> dict[str, Any]:
     """Preprocess of the vLLM processor: one unit row -> ``messages`` + ``sampling_params``.
+
+    With ``prompt_of`` (teachers.chat_prompt.ChatPrompt) the chat template is applied here and the
+    row carries the rendered ``prompt`` instead of ``messages``: Ray's chat-template stage is then
+    off (one actor pool and one row hop fewer in front of the engine).
 
     Vision mode replaces the ``{"type": "image"}`` placeholder that build_messages puts after the
     text with the unit's resized image; text mode sends no image and flattens the last turn to a
@@ -166,7 +171,7 @@ def unit_to_request(
     """
     params = _sampling_params(sampling, row.get("request_key") or row["gen_key"])
     if row.get("unit_error"):
-        return _skip_request(params)
+        return _skip_request(params, with_prompt=prompt_of is not None)
     spec = specs[row["task"]]
     table_text, local_ids = unit_table(row, box_format)
     with_image = mode == "vision"
@@ -189,7 +194,8 @@ def unit_to_request(
     params["structured_outputs"] = {"json": json.dumps(schema, separators=(",", ":"))}
     # Explicitly "": if only skipped rows had the key, Ray would fill it with null in the others,
     # and its stages treat anything but "" as an error row.
-    return {"messages": messages, "sampling_params": params, **extra, ERROR_COLUMN: ""}
+    text = {"prompt": prompt_of(messages)} if prompt_of is not None else {"messages": messages}
+    return {**text, "sampling_params": params, **extra, ERROR_COLUMN: ""}
 
 
 def _sampling_params(sampling: Mapping[str, Any], key: str) -> dict[str, Any]:
@@ -203,12 +209,13 @@ def _sampling_params(sampling: Mapping[str, Any], key: str) -> dict[str, Any]:
     return params
 
 
-def _skip_request(params: dict[str, Any]) -> dict[str, Any]:
+def _skip_request(params: dict[str, Any], with_prompt: bool = False) -> dict[str, Any]:
     """A unit that failed upstream: never reaches the engine (see module doc), but has the same
     keys and value types as a real request so the batch's Arrow types stay clean."""
     params["structured_outputs"] = {"json": "{}"}
+    text: dict[str, Any] = {"prompt": ""} if with_prompt else {"messages": [{"role": "user", "content": ""}]}
     return {
-        "messages": [{"role": "user", "content": ""}],
+        **text,
         "sampling_params": params,
         ERROR_COLUMN: SKIP_MARKER,
     }

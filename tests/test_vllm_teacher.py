@@ -195,6 +195,41 @@ def test_vision_request_is_what_vllm_parser_made(specs, tmp_path):
         np.testing.assert_array_equal(ours, np.asarray(theirs))
 
 
+@pytest.mark.vllm
+def test_prompt_rendered_in_preprocess_is_what_ray_chat_stage_made(specs, tmp_path):
+    """The preprocess renders the chat template itself (Ray's chat-template stage is off): the
+    engine must get the very prompt string that stage made of the same messages, text and vision
+    (the vision placeholder expands to the same image tokens). Runs Ray's own ChatTemplateUDF on
+    the request the old layout sent. The skipped unit gets an empty prompt of the same type."""
+    import asyncio
+
+    from ray.llm._internal.batch.stages.chat_template_stage import ChatTemplateUDF
+
+    from teachers.chat_prompt import ChatPrompt
+    from tests.tiny_models import build_tiny_qwen2, build_tiny_qwen2_vl
+
+    async def ray_stage(udf: Any, messages: list[dict[str, Any]]) -> str:
+        rows = [r async for r in udf.udf([{"messages": messages, udf.IDX_IN_BATCH_COLUMN: 0}])]
+        return rows[0]["prompt"]
+
+    for mode, build, image in (("text", build_tiny_qwen2, None), ("vision", build_tiny_qwen2_vl, jpeg("red"))):
+        model = build(str(tmp_path / mode))
+        udf = ChatTemplateUDF(data_column="__data", expected_input_keys=["messages"], model=model)
+        box = "xyxy_resized" if image else "xyxy"
+        for i, task in enumerate(TASKS):
+            row = unit(60 + i, task, image=image)
+            old = unit_to_request(row, specs, mode, box, 2, SAMPLING)
+            new = unit_to_request(row, specs, mode, box, 2, SAMPLING, prompt_of=ChatPrompt(model))
+            assert "messages" not in new and new["sampling_params"] == old["sampling_params"]
+            assert new["prompt"] == asyncio.run(ray_stage(udf, old["messages"]))
+            assert new["prompt"].count("<|image_pad|>") == (1 if image else 0)
+            if image:
+                assert new["multimodal_uuids"] == old["multimodal_uuids"]
+        skipped = unit_to_request(dict(unit(70, "part"), unit_error="decode_failed"), specs, mode, box, 2,
+                                  SAMPLING, prompt_of=ChatPrompt(model))
+        assert skipped["prompt"] == "" and skipped[ERROR_COLUMN] == SKIP_MARKER
+
+
 def test_object_table_ids_match_annotations(specs):
     row = unit(4, "part")
     rows = build_object_table(row["objects"])
@@ -300,6 +335,8 @@ def test_processor_config_gpu_and_cpu_placement(specs):
     vision = VllmTeacher(teacher_cfg("/m", mode="vision"), specs)
     urls = vision.processor_config(image_urls=True).prepare_multimodal_stage  # the verifier's rows
     assert urls["enabled"] and urls["chat_template_content_format"] == "openai"
+    # the preprocess renders the prompt: no chat-template actor pool, except for the verifier's rows
+    assert gpu.chat_template_stage is False and vision.processor_config(image_urls=True).chat_template_stage is True
     cpu = VllmTeacher(teacher_cfg("/m"), specs).processor_config()
     bundle = cpu.placement_group_config["bundles"][0]
     assert bundle["CPU"] == 1 and not bundle.get("GPU")
