@@ -4,7 +4,9 @@ No Ray, no vLLM here, so all of it is unit-testable in milliseconds. `teachers/v
 plugs these into Ray Data's vLLM processor (preprocess / postprocess) and one final batch stage.
 
 How a unit travels through ``ray.data.llm`` (Ray 2.60):
-  * preprocess returns ``messages`` + ``sampling_params``; Ray nests the whole input row under its
+  * preprocess returns ``prompt`` (the chat template applied here: teachers/chat_prompt.py; Ray's
+    chat-template stage is off) or ``messages`` (for callers that chat themselves) +
+    ``sampling_params``; Ray nests the whole input row under its
     ``__data`` column, so every UNIT column rides along to the postprocess untouched.
   * vision: preprocess also returns ``multimodal_data`` (the decoded image, once per image, shared
     by its units) + ``multimodal_uuids``, inputs Ray's engine stage passes to vLLM as they are;
@@ -73,7 +75,7 @@ def decode_teacher_image(image: bytes) -> np.ndarray:
     EXIF orientation, which the stream's teacher image never carries (re-encoded without EXIF, or
     passed on as its own bytes only with orientation 1: stages/images.decode_image).
     Handed on as an (H, W, 3) uint8 array, an image item vLLM takes as it is: Ray pickles every
-    unit row's copy at each stage boundary (preprocess -> chat template [-> tokenize] -> engine),
+    unit row's copy at each stage boundary (preprocess [-> tokenize] -> engine),
     and an array pickles ~5x faster than a PIL image (bench/image_prep.py: row transport)."""
     from PIL import Image
 
