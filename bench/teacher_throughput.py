@@ -305,6 +305,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=DEFAULT_OUT)
     p.add_argument("--bare-once", dest="bare_twice", action="store_false",
                    help="run the bare path only before the Ray one (default: before and after)")
+    p.add_argument("--bare-threads", type=int, default=None,
+                   help="OMP_NUM_THREADS of the bare engine (default with --cpu-tiny: 1, what Ray gives the "
+                        "engine actor of a {CPU: 1} bundle; 0: leave unset, vLLM then uses every core)")
     p.add_argument("--reps", type=int, default=2, help="probe/full pass pairs of the Ray path (median)")
     p.add_argument("--variants", default="default",
                    help="comma list of Ray-path layouts, run back to back: default (chat template in "
@@ -386,6 +389,12 @@ def _run_child(args: argparse.Namespace, path: str, variant: str | None) -> dict
            *(["--cpu-tiny", "--model-dir", args.model_dir] if args.cpu_tiny else []),
            *(["--config", args.config] if args.config else []), *args.overrides]
     env = dict(os.environ, GROUNDV_BENCH_VARIANT=variant or "")
+    threads = args.bare_threads if args.bare_threads is not None else (1 if args.cpu_tiny else 0)
+    if path == "bare" and threads:
+        # Same torch/OpenMP threads as the engine in Ray: Ray sets OMP_NUM_THREADS=1 in the engine
+        # actor (its CPU bundle), and vLLM-CPU with 2 threads on a shared 2-core box ran 5x
+        # slower than with 1 at load average ~4 (OpenMP barriers wait for a preempted thread).
+        env["OMP_NUM_THREADS"] = str(threads)
     print(f"[bench] running {path} path {variant or ''} ...", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for ln in proc.stdout.splitlines():
@@ -398,6 +407,7 @@ def _run_child(args: argparse.Namespace, path: str, variant: str | None) -> dict
     # raw_decode: a worker's log line can land on the same stdout line right after the JSON
     res = json.JSONDecoder().raw_decode(lines[-1][len("RESULT "):])[0]
     res["variant"] = variant
+    res["omp_num_threads"] = env.get("OMP_NUM_THREADS")
     res["loadavg_1m"] = [round(load0, 1), round(os.getloadavg()[0], 1)]
     print(f"[bench] {path} {variant or ''}: {json.dumps(res)}", flush=True)
     return res
@@ -407,7 +417,8 @@ def _print_summary(summary: dict[str, Any], bare: dict[str, Any], names: list[st
     every = [*bare["runs"], *(summary[n] for n in names)]
     print("load average (1 min) at start/end of each run: "
           + ", ".join(f"{r.get('variant') or 'bare'} {r['loadavg_1m']}" for r in every))
-    print(f"bare      output tok/s steady {bare['output_tok_per_s']}  wall {bare['output_tok_per_s_wall']}  "
+    print(f"bare (OMP_NUM_THREADS={bare.get('omp_num_threads')}) output tok/s steady {bare['output_tok_per_s']}  "
+          f"wall {bare['output_tok_per_s_wall']}  "
           f"cpu-s of the chat call {[r['cpu_s']['total'] for r in bare['runs']]}, "
           f"of the whole run (import, engine start) {[r.get('cpu_s_run', {}).get('total') for r in bare['runs']]}")
     for n in names:
