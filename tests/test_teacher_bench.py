@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.teacher_throughput import load_teacher_cfg, parse_args
+from bench.teacher_throughput import _cpu_groups, load_teacher_cfg, parse_args
 from teachers.prompts import default_prompts_dir, load_prompts
 from teachers.vllm_backend import VllmTeacher
 
@@ -34,3 +34,15 @@ def test_in_flight_requests_cover_the_engine_scheduler():
     kw = teacher.engine_kwargs
     assert (kw["max_num_seqs"], kw["max_num_batched_tokens"]) == (256, 4096)
     assert teacher.concurrent_batches() * 8 >= 1.5 * 256
+
+
+@pytest.mark.unit
+def test_cpu_groups_split_engine_from_the_rest():
+    """The bench's CPU report: the Ray engine = its stage actor + vLLM's EngineCore process; the
+    bare engine runs in the driver; everything else is Ray's (or our map tasks') overhead."""
+    ray_run = _cpu_groups({"VLLM::EngineCore": 12.0, "ray::MapWorker(MapBatches(vLLMEngineStageUDF))": 10.0,
+                           "driver": 2.0, "ray::MapBatches(collapse_requests)->Map(_preprocess)": 0.5,
+                           "raylet": 0.25})
+    assert (ray_run["engine"], ray_run["other"], ray_run["total"]) == (22.0, 2.75, 24.75)
+    bare = _cpu_groups({"driver": 7.0})
+    assert (bare["engine"], bare["other"]) == (7.0, 0.0)
