@@ -192,12 +192,14 @@ def run_ray(cfg: Any, units: list[dict[str, Any]], reps: int = 2) -> dict[str, A
     Executions, each with fresh engine actors: a one-batch warm-up (the first execution of a
     Ray session pays extra: worker pool, imports, caches -- measured 55 s vs 39 s on CPU), then
     `reps` pairs of a one-batch probe and the full set. Start-up cancels in the difference, so
-    (tokens_full - tokens_probe) / (min wall_full - min wall_probe) is the steady output rate:
-    the fastest of each, as the neighbours' load only adds time (one pair slowed by a neighbour's
-    burst once gave 17,025 tok/s); `pair_rates` shows each pair's own estimate. The CPU
+    (tokens_full - tokens_probe) / (wall_full - wall_probe) of each pair estimates the steady
+    output rate, and the median of the pairs' estimates is reported (one pair slowed by a
+    neighbour's burst once gave 17,025 tok/s; `pair_rates` shows them all). The CPU
     seconds of every process (engine actor, other Ray workers, raylet/gcs, driver) are sampled
     over each pass: full minus probe is what the steady part cost.
     """
+    import statistics
+
     import ray
 
     from bench.pipeline import Sampler
@@ -213,14 +215,16 @@ def run_ray(cfg: Any, units: list[dict[str, Any]], reps: int = 2) -> dict[str, A
         warm = _ray_pass(teacher, units[: teacher.batch_size], sampler)
         pairs = [(_ray_pass(teacher, units[: teacher.batch_size], sampler), _ray_pass(teacher, units, sampler))
                  for _ in range(reps)]
-    # the fastest of each kind: on a shared box the neighbours' load only ever adds time
-    probe_wall = min(p["wall"] for p, _ in pairs)
-    full_wall = min(f["wall"] for _, f in pairs)
     probe, full = pairs[-1]
-    d_wall, d_tok = full_wall - probe_wall, full["out"] - probe["out"]
-    steady = d_wall if d_wall > 0 and d_tok > 0 else 0.0
+    d_tok = full["out"] - probe["out"]
+    rates = [d_tok / (f["wall"] - p["wall"]) for p, f in pairs if f["wall"] > p["wall"]]
+    # the median of the pairs' own estimates (each pair back to back: slow drift cancels)
+    rate = statistics.median(rates) if rates and d_tok > 0 else None
+    steady = d_tok / rate if rate else 0.0
+    full_wall = statistics.median(f["wall"] for _, f in pairs)
+    probe_wall = statistics.median(p["wall"] for p, _ in pairs)
     res = _result("ray_data_llm", units, full_wall, 0.0, steady, d_tok, full["in"], full["errors"])
-    res["pair_rates"] = [round((f["out"] - p["out"]) / (f["wall"] - p["wall"]), 1) if f["wall"] > p["wall"] else None
+    res["pair_rates"] = [round(d_tok / (f["wall"] - p["wall"]), 1) if f["wall"] > p["wall"] else None
                          for p, f in pairs]
     res["output_tokens_per_pass"] = sorted({f["out"] for _, f in pairs})  # one value: identical outputs
     # CPU-s of the steady part: the median (by wall) pair's full pass minus its probe pass (noisy)
@@ -231,7 +235,6 @@ def run_ray(cfg: Any, units: list[dict[str, Any]], reps: int = 2) -> dict[str, A
     # load, unlike the probe subtraction, where a worker that imports transformers in one pass and
     # is reused in the other does not cancel.
     res["cpu_s_full_pass"] = _cpu_groups(mid[1]["cpu"])
-    rate = d_tok / d_wall if steady else None
     res["startup_s"] = round(full["wall"] - full["out"] / rate, 2) if rate else None  # estimate
     res["output_tokens_total"] = full["out"]
     res["probe"] = {"units": len(units[: teacher.batch_size]), "wall_s": round(probe_wall, 2),
