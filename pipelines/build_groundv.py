@@ -44,7 +44,14 @@ from pipelines.core.secrets import scrub  # noqa: E402
 from pipelines.exits import install_sigterm, interrupted, run  # noqa: E402
 from pipelines.filters.settings import filter_version  # noqa: E402
 from pipelines.sources.readers import AnnotationFileError  # noqa: E402
-from pipelines.sources.resolve import PLAN_COLUMNS, load_exclusions, load_images, resolve_sources  # noqa: E402
+from pipelines.sources.resolve import (  # noqa: E402
+    INDEX_COUNTERS,
+    PLAN_COLUMNS,
+    load_exclusions,
+    load_images,
+    resolve_sources,
+    uncached_files,
+)
 from pipelines.storage.fs import StorageError, StorageSpec, normalize_uri  # noqa: E402
 from pipelines.storage.fs import join as storage_join  # noqa: E402
 from pipelines.storage.output import (  # noqa: E402
@@ -91,8 +98,13 @@ def plan(ctx: BuildContext, own_batches: set[str], use_existing: bool = True, co
     """Source index -> units -> generation keys -> anti-join with the current version + receipts.
     `counts_only` (--dry-run): reads only the index columns the counts need; `work` is unavailable."""
     cache = storage_join(ctx.output, "cache", "index")  # a dry run reads it but never writes it
+    _start_ray_for_indexing(ctx, cache)
+    before = dict(INDEX_COUNTERS)
     imgs = load_images(ctx.sources, ctx.exclude, ctx.cfg.data.limit, ctx.store, cache, write_cache=not ctx.dry_run,
                        columns=PLAN_COLUMNS if counts_only else None)
+    parsed, cached = (INDEX_COUNTERS[k] - before[k] for k in ("files_parsed", "files_cached"))
+    if parsed + cached > len(ctx.sources):  # a source of several annotation files
+        print(f"[groundv] index: {parsed} annotation files parsed, {cached} read from the cache", flush=True)
     current = latest_manifest(ctx.output, ctx.store) if use_existing else None
     committed = {s.path for s in current.shards} if current else set()
     receipts = pending_receipts(ctx.output, ctx.store, committed) if use_existing else []
@@ -105,6 +117,16 @@ def plan(ctx: BuildContext, own_batches: set[str], use_existing: bool = True, co
         filter_version=filter_version(ctx.cfg.filters, load_knowledge()),
     )
     return p, ledger, current, receipts
+
+
+def _start_ray_for_indexing(ctx: BuildContext, cache: str) -> None:
+    """Several annotation files to parse: start (or join) Ray now so they are parsed as parallel
+    Ray tasks; the stream reuses that Ray. One file or none: no Ray for indexing (a rebuild that
+    changes nothing never starts Ray)."""
+    if sum(uncached_files(s, ctx.store, cache) for s in ctx.sources) > 1:
+        from pipelines.build.stream import init_ray
+
+        init_ray(ctx.cfg)
 
 
 # ----------------------------------------------------------------------------------------- stream

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from pipelines.core.keys import COUNT_COLUMNS, annotation_hash, image_identity, object_counts
+from pipelines.sources.annotation_files import check_unique_ids, expand_annotations, parse_all
 from pipelines.sources.readers import read_source
 from pipelines.sources.sample_data import ensure_sample_dataset
 from pipelines.storage import fs as storage
@@ -145,37 +146,74 @@ def _reader_code_hash() -> str:
 
 def read_source_cached(src: SourceSpec, store: StorageSpec, cache: str | None, write_cache: bool = True,
                        columns: list[str] | None = None) -> pa.Table:
-    """`read_source`, memoised under <output>/cache/index/ by the annotation file's identity.
+    """`read_source` of each annotation file of `src` (one, a glob or a folder: annotation_files.py),
+    memoised per file under <output>/cache/index/ by that file's identity, concatenated in file order.
 
     Parsing COCO train2017 (860K annotations, polygons -> RLE) takes tens of seconds; a rebuild with
     an unchanged annotation file reads the cached per-image table instead. The key covers the file's
     listing identity (ETag + size, or size + mtime), the source's name/format/images prefix and the
-    reader code, so a changed file or reader never hits a stale entry. None: no cache;
-    `write_cache=False` (dry runs, which write nothing) reads a cached index but never writes one.
-    `columns`: only these (INDEX_SCHEMA order), read by projection from a cached index.
+    reader code, so a changed file or reader never hits a stale entry. The files to (re)parse are
+    parsed in parallel (Ray tasks) when there are several. None: no cache; `write_cache=False` (dry
+    runs, which write nothing) reads a cached index but never writes one. `columns`: only these
+    (INDEX_SCHEMA order), read by projection from a cached index.
     """
     schema = _memory_schema(columns)
-    uri = index_cache_uri(src, store, cache)
-    if uri is not None:
-        try:
-            fs, path = storage.fs_and_path(uri, store)
-            return storage.with_retries(lambda: pq.read_table(path, filesystem=fs, columns=schema.names,
-                                                              read_dictionary=["absent_categories.list.element"]),
-                                        store, f"read {uri}").cast(schema)
-        except (FileNotFoundError, OSError, pa.ArrowInvalid, KeyError):
-            pass
-    t = read_source(src.name, src.format, src.annotations, src.images, store.options_for(src.annotations),
-                    retries=store.retries)
-    t = with_ann_hash(t)
-    if uri is not None and write_cache:
-        buf = io.BytesIO()
-        # small row groups: a reader of a few images (preview) prunes by image_id statistics
-        pq.write_table(t, buf, compression="zstd", row_group_size=INDEX_ROW_GROUP)
-        try:
-            storage.write_bytes(uri, buf.getvalue(), store)
-        except OSError:
-            pass  # a cache is an optimisation: never fail a build over it
-    return t.select(schema.names).cast(schema)
+    files = expand_annotations(src.annotations, store)
+    tables: list[pa.Table | None] = [_read_cached_index(_file_cache_uri(src, f, store, cache), store, schema)
+                                     for f in files]
+    todo = [i for i, t in enumerate(tables) if t is None]
+    jobs = [(src.name, src.format, files[i], src.images, store.options_for(files[i]), store.retries) for i in todo]
+    for i, t in zip(todo, parse_all(_index_file, jobs), strict=True):
+        uri = _file_cache_uri(src, files[i], store, cache)
+        if uri is not None and write_cache:
+            _write_cached_index(uri, t, store)
+        tables[i] = t.select(schema.names).cast(schema)
+    INDEX_COUNTERS["files_parsed"] += len(todo)
+    INDEX_COUNTERS["files_cached"] += len(files) - len(todo)
+    check_unique_ids(tables, files, src.name)
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+
+# Files parsed vs read from the cache since the process started (the plan prints them).
+INDEX_COUNTERS = {"files_parsed": 0, "files_cached": 0}
+
+
+def _index_file(name: str, fmt: str, file: str, images: str, options: dict[str, Any], retries: int) -> pa.Table:
+    """One annotation file -> its INDEX_SCHEMA table (runs in a Ray task when files are parsed in parallel)."""
+    return with_ann_hash(read_source(name, fmt, file, images, options, retries=retries))
+
+
+def _read_cached_index(uri: str | None, store: StorageSpec, schema: pa.Schema) -> pa.Table | None:
+    if uri is None:
+        return None
+    try:
+        fs, path = storage.fs_and_path(uri, store)
+        return storage.with_retries(lambda: pq.read_table(path, filesystem=fs, columns=schema.names,
+                                                          read_dictionary=["absent_categories.list.element"]),
+                                    store, f"read {uri}").cast(schema)
+    except (FileNotFoundError, OSError, pa.ArrowInvalid, KeyError):
+        return None
+
+
+def _write_cached_index(uri: str, t: pa.Table, store: StorageSpec) -> None:
+    buf = io.BytesIO()
+    # small row groups: a reader of a few images (preview) prunes by image_id statistics
+    pq.write_table(t, buf, compression="zstd", row_group_size=INDEX_ROW_GROUP)
+    try:
+        storage.write_bytes(uri, buf.getvalue(), store)
+    except OSError:
+        pass  # a cache is an optimisation: never fail a build over it
+
+
+def uncached_files(src: SourceSpec, store: StorageSpec, cache: str | None) -> int:
+    """How many annotation files of `src` have no cached index yet (the build starts Ray for >1)."""
+    return sum(1 for f in expand_annotations(src.annotations, store)
+               if (u := _file_cache_uri(src, f, store, cache)) is None or not _exists(u, store))
+
+
+def _exists(uri: str, store: StorageSpec) -> bool:
+    fs, path = storage.fs_and_path(uri, store)
+    return bool(storage.with_retries(lambda: fs.exists(path), store, f"stat {uri}"))
 
 
 def _memory_schema(columns: list[str] | None) -> pa.Schema:
@@ -187,33 +225,42 @@ INDEX_ROW_GROUP = 2048
 
 
 def index_cache_uri(src: SourceSpec, store: StorageSpec, cache: str | None) -> str | None:
-    """Where the cached index of `src` lives (whether or not it exists yet); None without a cache
-    or an annotation file."""
+    """Where the cached index of a single-file `src` lives (whether or not it exists yet); None
+    without a cache or an annotation file. A source of several files has one per file."""
+    return _file_cache_uri(src, src.annotations, store, cache)
+
+
+def _file_cache_uri(src: SourceSpec, file: str, store: StorageSpec, cache: str | None) -> str | None:
+    """The cache key of one annotation file: the source (name, format, images) + this file's uri and
+    listing identity + the reader code. For a single-file source it is the key it always had."""
     if not cache:
         return None
-    fs, path = storage.fs_and_path(src.annotations, store)
+    fs, path = storage.fs_and_path(file, store)
     try:
-        info = storage.with_retries(lambda: fs.info(path), store, f"stat {src.annotations}")
+        info = storage.with_retries(lambda: fs.info(path), store, f"stat {file}")
     except FileNotFoundError:
         return None
     key = hashlib.sha256(json.dumps(
-        {"v": 3, "src": [src.name, src.format, src.annotations, src.images],
+        {"v": 3, "src": [src.name, src.format, file, src.images],
          "file": image_identity(info), "code": _reader_code_hash()}, sort_keys=True).encode()).hexdigest()
     return storage.join(cache, f"{key}.parquet")
 
 
 def read_cached_images(src: SourceSpec, store: StorageSpec, cache: str | None, image_ids: list[int]
                        ) -> pa.Table | None:
-    """Only these images' rows of the cached index (row groups pruned by image_id); None when
-    there is no cached index."""
-    uri = index_cache_uri(src, store, cache)
-    if uri is None:
-        return None
-    fs, path = storage.fs_and_path(uri, store)
-    try:
-        return pq.read_table(path, filesystem=fs, filters=[("image_id", "in", sorted(set(image_ids)))])
-    except (FileNotFoundError, OSError, pa.ArrowInvalid):
-        return None
+    """Only these images' rows of the cached index (row groups pruned by image_id); None when a
+    file of the source has no cached index."""
+    parts = []
+    for file in expand_annotations(src.annotations, store):
+        uri = _file_cache_uri(src, file, store, cache)
+        if uri is None:
+            return None
+        fs, path = storage.fs_and_path(uri, store)
+        try:
+            parts.append(pq.read_table(path, filesystem=fs, filters=[("image_id", "in", sorted(set(image_ids)))]))
+        except (FileNotFoundError, OSError, pa.ArrowInvalid):
+            return None
+    return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
 
 
 def load_images(sources: list[SourceSpec], exclude: set[int], limit: int | None,

@@ -23,6 +23,10 @@ def check_reachable(uri: str, store: StorageSpec, key: str, must_exist: bool = F
     permission. `must_exist`: the object / prefix must hold something. Local: `must_exist` paths
     must exist; an output path must not run into a file (`/a/file/out`).
     """
+    if must_exist and any(c in uri for c in "*?["):
+        # a glob (data.sources[].annotations): its fixed part must exist; the files are listed later
+        uri = uri[:min(uri.index(c) for c in "*?[" if c in uri)]
+        uri = uri if is_s3(uri) else os.path.dirname(uri) or "."
     if is_s3(uri):
         _check_s3(uri, store, key, must_exist)
         return
