@@ -36,7 +36,7 @@ class TeacherBackend(StrEnum):
 class SourceConfig:
     name: str = MISSING
     format: SourceFormat = MISSING
-    annotations: str = MISSING  # uri of the annotation JSON
+    annotations: str = MISSING  # uri of the annotation JSON, or a glob / folder of them (one format)
     images: str = MISSING  # uri prefix that file names are relative to
     tasks: List[str] | None = None  # default: every task in `tasks`
 

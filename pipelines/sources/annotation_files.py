@@ -13,6 +13,7 @@ from typing import Any, Callable
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines.sources.readers.categories import AnnotationFileError
 from pipelines.storage import fs as storage
 from pipelines.storage.fs import StorageSpec
 
@@ -63,7 +64,7 @@ def check_unique_ids(tables: list[pa.Table], files: list[str], source: str) -> N
         dup = pc.is_in(ids, value_set=pa.array(list(seen), pa.int64())) if seen else None
         if dup is not None and pc.any(dup).as_py():
             image_id = ids.filter(dup)[0].as_py()
-            raise ValueError(f"source {source!r}: image id {image_id} is in both {files[seen[image_id]]} and "
+            raise AnnotationFileError(f"source {source!r}: image id {image_id} is in both {files[seen[image_id]]} and "
                              f"{files[i]}; an image may be in one annotation file of a source only")
         for image_id in ids.to_pylist():
             seen.setdefault(image_id, i)
