@@ -139,3 +139,26 @@ def test_files_are_parsed_as_ray_tasks_in_file_order(ray_session):
     assert [t.column("i")[0].as_py() for t in tables] == [0, 1, 2]
     assert all(t.column("pid")[0].as_py() != os.getpid() for t in tables)  # ran in Ray workers
     assert parse_all(_pid_table, [(5,)])[0].column("pid")[0].as_py() == os.getpid()  # one file: in process
+
+
+def test_s3_glob_is_indexed_per_file(s3_bucket, coco, tmp_path):
+    import boto3
+
+    from pipelines.sources.resolve import SourceSpec, read_source_cached
+    from pipelines.storage.fs import StorageSpec
+
+    endpoint, bucket = s3_bucket
+    src, parts = coco
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    for p in parts:
+        s3.put_object(Bucket=bucket, Key=f"ann/{p.name}", Body=p.read_bytes())
+    store = StorageSpec(endpoint, 2)
+    cache = f"s3://{bucket}/cache"
+    single = read_source_cached(SourceSpec("c", "coco", src["annotations"], src["images"], []), store, None)
+    spec = SourceSpec("c", "coco", f"s3://{bucket}/ann/part-*.json", src["images"], [])
+    split = read_source_cached(spec, store, cache)
+    assert split.column("image_id").to_pylist() == single.column("image_id").to_pylist()
+    assert split.column("ann_hash").to_pylist() == single.column("ann_hash").to_pylist()
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="cache/")["Contents"]
+    assert len(listed) == 3
+    assert read_source_cached(spec, store, cache).equals(split)  # from the three cached files
