@@ -138,7 +138,24 @@ def test_files_are_parsed_as_ray_tasks_in_file_order(ray_session):
     tables = parse_all(_pid_table, [(0,), (1,), (2,)])
     assert [t.column("i")[0].as_py() for t in tables] == [0, 1, 2]
     assert all(t.column("pid")[0].as_py() != os.getpid() for t in tables)  # ran in Ray workers
-    assert parse_all(_pid_table, [(5,)])[0].column("pid")[0].as_py() == os.getpid()  # one file: in process
+    # One file too: the parsed JSON lives in a worker, never in the driver (the head node).
+    assert parse_all(_pid_table, [(5,)])[0].column("pid")[0].as_py() != os.getpid()
+
+
+def _bad_file(i: int):
+    from pipelines.sources.readers.categories import AnnotationFileError
+
+    raise AnnotationFileError(f"part-{i}.json: not a COCO annotation file")
+
+
+def test_a_reader_error_in_a_ray_task_is_the_readers_own(ray_session):
+    from pipelines.sources.annotation_files import parse_all
+    from pipelines.sources.readers.categories import AnnotationFileError
+
+    with pytest.raises(AnnotationFileError) as err:
+        parse_all(_bad_file, [(7,)])
+    # The message the CLI prints: the reader's, not a remote traceback.
+    assert str(err.value) == "part-7.json: not a COCO annotation file"
 
 
 def test_s3_glob_is_indexed_per_file(s3_bucket, coco, tmp_path):

@@ -8,6 +8,7 @@ and cached on its own, so editing one file re-indexes only that file.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable
 
 import pyarrow as pa
@@ -42,15 +43,17 @@ def expand_annotations(uri: str, store: StorageSpec) -> list[str]:
 
 
 def parse_all(parse: Callable[..., pa.Table], jobs: list[tuple[Any, ...]]) -> list[pa.Table]:
-    """`parse(*job)` for every job, in job order. More than one job and Ray initialised (the build
-    starts it in plan() when >1 file needs parsing): one Ray task per file (num_cpus=1), the tables
-    come back through the object store. Otherwise in this process, one after the other."""
-    if len(jobs) > 1:
-        import ray
-
-        if ray.is_initialized():
-            task = ray.remote(num_cpus=1, max_retries=0)(parse)
+    """`parse(*job)` for every job, in job order. Ray initialised (the build starts it in plan() when
+    a file needs parsing): one Ray task per file (num_cpus=1), the tables come back through the
+    object store, so the parsed JSON (Python objects, several GB for COCO train2017 + LVIS) lives in
+    a worker, never in the driver. Otherwise in this process, one after the other."""
+    ray = sys.modules.get("ray")  # not imported: certainly not initialised (and no import cost)
+    if jobs and ray is not None and ray.is_initialized():
+        task = ray.remote(num_cpus=1, max_retries=0)(parse)
+        try:
             return ray.get([task.remote(*job) for job in jobs])
+        except ray.exceptions.RayTaskError as e:  # the reader's own error, not a remote traceback
+            raise (e.cause if isinstance(e.cause, Exception) else e) from None
     return [parse(*job) for job in jobs]
 
 
