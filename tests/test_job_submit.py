@@ -79,6 +79,7 @@ class LocalRayCluster:
     def __init__(self, env: dict[str, str]) -> None:
         # Short path: Ray's unix sockets live under it (108-byte limit).
         self.temp_dir = tempfile.mkdtemp(prefix="gvray-", dir="/tmp")
+        self._node_dirs: list[str] = []
         self.env = env
         self.gcs_port = free_port()
         self.dashboard_port = free_port()
@@ -105,8 +106,15 @@ class LocalRayCluster:
         ])
 
     def add_node(self, num_cpus: int) -> str:
+        # Its own temp dir, as a separate host has: two raylets on one host sharing one session dir
+        # share runtime_resources/, and the added node's runtime-env agent deleted the job's
+        # unpacked working_dir (the driver's own code, on the head) once its workers were done
+        # with it (CI: "No such file or directory: …/working_dir_files/_ray_pkg_…/pipelines/…").
+        node_dir = f"{self.temp_dir}-node{len(self._node_dirs)}"  # names self.temp_dir: _own_pids finds it
+        self._node_dirs.append(node_dir)
         return self._ray([
             "start", f"--address={self.address}", f"--num-cpus={num_cpus}", "--num-gpus=0",
+            f"--temp-dir={node_dir}",
             f"--dashboard-agent-listen-port={free_port()}", "--object-store-memory=300000000",
             "--disable-usage-stats",
         ])
@@ -145,6 +153,8 @@ class LocalRayCluster:
                 time.sleep(0.2)
         left = {p for p in self._own_pids() if _alive(p)}
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+        for node_dir in self._node_dirs:
+            shutil.rmtree(node_dir, ignore_errors=True)
         assert not left, f"cluster processes survived stop(): {left}"
         # Only this cluster's processes were signalled, never another cluster's GCS or raylet.
         assert not signaled & self.bystanders, f"stop() signalled other clusters: {signaled & self.bystanders}"
