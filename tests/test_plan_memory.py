@@ -71,20 +71,27 @@ def test_list_identities_is_list_files(tmp_path):
     assert list_identities(str(tmp_path / "nothing"), spec)[0].to_pylist() == []
 
 
-@pytest.mark.unit
-def test_plan_with_arrow_identities_equals_plan_with_a_dict(tmp_path):
-    from pipelines.build.plan import make_plan
+def _plan_inputs(tmp_path, num_images: int, seed: int):
+    """The sample dataset's index, every task for every source, fixed prompt hashes, an empty ledger."""
     from pipelines.sources.resolve import SourceSpec, load_images
     from pipelines.sources.sample_data import ensure_sample_dataset
     from pipelines.storage.output import LEDGER_COLUMNS
     from schemas.columns import RAW_SCHEMA, TASKS
 
-    made = ensure_sample_dataset(str(tmp_path / "s"), num_images=8, seed=3)
+    made = ensure_sample_dataset(str(tmp_path / "s"), num_images=num_images, seed=seed)
     specs = [SourceSpec(m["name"], m["format"], m["annotations"], m["images"], []) for m in made]
     imgs = load_images(specs, set(), None, storage.StorageSpec())
     tasks = {s.name: list(TASKS) for s in specs}
     prompts = {t: f"p-{t}" for t in TASKS}
     empty = RAW_SCHEMA.empty_table().select(LEDGER_COLUMNS).append_column("batch", pa.array([], pa.string()))
+    return imgs, tasks, prompts, empty
+
+
+@pytest.mark.unit
+def test_plan_with_arrow_identities_equals_plan_with_a_dict(tmp_path):
+    from pipelines.build.plan import make_plan
+
+    imgs, tasks, prompts, empty = _plan_inputs(tmp_path, 8, 3)
     a = make_plan(imgs.images, tasks, imgs.identities, prompts, "T", empty)
     b = make_plan(imgs.images, tasks, dict(imgs.identities), prompts, "T", empty)
     assert a.work.equals(b.work) and a.units_total == b.units_total > 0
@@ -125,17 +132,8 @@ def test_plan_against_a_ledger_counts_reuse_drops_and_reasons(tmp_path):
     import pyarrow.compute as pc
 
     from pipelines.build.plan import make_plan
-    from pipelines.sources.resolve import SourceSpec, load_images
-    from pipelines.sources.sample_data import ensure_sample_dataset
-    from pipelines.storage.output import LEDGER_COLUMNS
-    from schemas.columns import RAW_SCHEMA, TASKS
 
-    made = ensure_sample_dataset(str(tmp_path / "s"), num_images=10, seed=5)
-    specs = [SourceSpec(m["name"], m["format"], m["annotations"], m["images"], []) for m in made]
-    imgs = load_images(specs, set(), None, storage.StorageSpec())
-    tasks = {s.name: list(TASKS) for s in specs}
-    prompts = {t: f"p-{t}" for t in TASKS}
-    empty = RAW_SCHEMA.empty_table().select(LEDGER_COLUMNS).append_column("batch", pa.array([], pa.string()))
+    imgs, tasks, prompts, empty = _plan_inputs(tmp_path, 10, 5)
     p1 = make_plan(imgs.images, tasks, imgs.identities, prompts, "T", empty, filter_version="F")
     rows = [{**u, "source": w["source"], "image_id": w["image_id"], "image_uri": w["image_uri"],
              "outcome": "accepted", "error_reason": None, "filter_version": "F", "batch": "b1"}
