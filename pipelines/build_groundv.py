@@ -138,15 +138,20 @@ def stream(ctx: BuildContext, p: Plan, ledger: Ledger, progress: Progress) -> se
     """Run the Ray Data stream over the units to generate (and the stored responses to re-check
     under new filter settings); returns the batches written."""
     from pipelines.build.stream import build_refilter_stream, build_stream, init_ray, iter_receipts, stage_stats
+    from pipelines.build.work_list import remove_work_list
+    from pipelines.storage.output import work_list_uri
 
     init_ray(ctx.cfg)
     install_sigterm()  # after ray.init: Ray's own SIGTERM handler dumps a C++ stack and exits -6
     batches: set[str] = set()
     if p.units_to_generate:
-        ds = build_stream(p, ctx.teacher, ctx.cfg, ctx.store, ctx.build_id)
-        for rec in iter_receipts(ds):
-            batches.add(rec["batch"])
-            progress.add(json.loads(rec["stats"]))
+        try:
+            ds = build_stream(p, ctx.teacher, ctx.cfg, ctx.store, ctx.build_id)
+            for rec in iter_receipts(ds):
+                batches.add(rec["batch"])
+                progress.add(json.loads(rec["stats"]))
+        finally:
+            remove_work_list(work_list_uri(ctx.output, ctx.build_id), ctx.store)
         progress.stages.extend(stage_stats(ds))
         print(progress.line(), flush=True)
     if p.refilter:

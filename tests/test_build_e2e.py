@@ -90,6 +90,8 @@ def test_default_build_local(ray_session, sample_dir, tmp_path, capsys):
     assert os.path.exists(out / "manifests" / "v000001.json")
     # Receipts are a crash journal only: a committed build leaves none behind.
     assert list(out.rglob("receipts/**/*.json")) == []
+    # The work list the workers read is the build's own: gone when its stream ended.
+    assert list((out / "cache" / "work").iterdir()) == []
 
 
 def _upload_tree(local_root: str, bucket: str, prefix: str, endpoint: str) -> None:
@@ -124,6 +126,9 @@ def test_build_on_s3(ray_session, sample_dir, s3_bucket, tmp_path):
     cfg_file.write_text(yaml.safe_dump(cfg))
     assert main(["--config", str(cfg_file)]) == 0
     check_build(f"s3://{bucket}/out", s3_sources, endpoint)
+    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=endpoint).list_objects_v2(
+        Bucket=bucket, Prefix="out/").get("Contents", [])]
+    assert any(k.startswith("out/data/") for k in keys) and not any(k.startswith("out/cache/work/") for k in keys)
 
 
 def _tasks_for(fmt: str) -> list[str]:

@@ -123,6 +123,25 @@ class Plan:
             hi = starts[i + step] if i + step < len(uniq) else len(idx)
             yield _work(self, gen.slice(lo, hi - lo))
 
+    def iter_blocks(self, rows_per_block: int) -> Iterator[pa.Table]:
+        """The stream's blocks: `split_for_stream(self.work, rows_per_block)`, the same rows in the
+        same order, each block built on its own from the index, so the whole work table (every
+        image with its objects) never exists at once."""
+        if not self.gen.num_rows:
+            yield IMAGE_WORK_SCHEMA.empty_table()
+            return
+        gen = self.gen.take(pc.sort_indices(self.gen, [("idx", "ascending"), ("task_rank", "ascending")]))
+        idx = gen.column("idx").to_numpy()
+        uniq, starts = np.unique(idx, return_index=True)
+        ends = np.append(starts[1:], len(idx))
+        idents = self.identities.take(pa.array(uniq)).to_pylist()  # what the units' image_identity is
+        for block in block_rows(idents, rows_per_block):
+            pos = np.asarray(block, dtype=np.int64)
+            rows = np.concatenate([np.arange(starts[p], ends[p]) for p in pos])
+            work = _work(self, gen.take(pa.array(rows)))  # its rows in image-row order
+            wanted = uniq[pos]
+            yield work.take(pa.array(np.searchsorted(np.sort(wanted), wanted)))
+
     @property
     def unchanged(self) -> bool:
         """Nothing to run, nothing dropped, no image moved: the current version already is this

@@ -8,19 +8,21 @@ CPU actor pool; no CPU stage ever asks for a GPU.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import pyarrow as pa
 import ray
 import ray.data
 
-from pipelines.build.plan import Plan, iter_blocks, split_for_stream
+from pipelines.build.plan import Plan, split_for_stream
 from pipelines.build.stages.check import CheckUnits
 from pipelines.build.stages.images import DecodeAndFanOut, ReadImages
 from pipelines.build.stages.shards import ShardWriter
+from pipelines.build.work_list import WorkListDatasource, write_work_list
 from pipelines.config import GroundVConfig, StreamConfig, TeacherConfig, grid_factor
 from pipelines.core.resources import Resources, StageSpec, pool_ceiling, stage
 from pipelines.storage.fs import StorageSpec
+from pipelines.storage.output import work_list_uri
 from teachers.base import Teacher
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -97,36 +99,16 @@ def fused_spec(s: StreamConfig) -> StageSpec:
     return stage(FusedCpuStage, None, min_actors=lo, max_actors=hi)  # one block = one batch (build_stream)
 
 
-def from_blocks_streamed(blocks: Iterable[pa.Table]) -> ray.data.Dataset:
-    """`ray.data.from_blocks` (Ray 2.60's own body) over an iterator: each block is put into the
-    object store and dropped before the next is built, so the driver never holds every block as
-    well as the work list (at COCO train2017 size that was ~1 GB of the driver's peak)."""
-    from ray.data._internal.logical.interfaces import LogicalPlan
-    from ray.data._internal.logical.operators import FromBlocks
-    from ray.data._internal.stats import DatasetStats
-    from ray.data.block import BlockMetadataWithSchema
-    from ray.data.context import DataContext
-    from ray.data.dataset import MaterializedDataset
-
-    refs, metas = [], []
-    for block in blocks:
-        metas.append(BlockMetadataWithSchema.from_block(block))
-        refs.append(ray.put(block))
-        del block
-    op = FromBlocks(refs, metas)
-    context = DataContext.get_current().copy()
-    return MaterializedDataset(LogicalPlan(op, context), context,
-                               DatasetStats(metadata={"FromBlocks": metas}, parent=None))
-
-
 def build_stream(plan: Plan, teacher: Teacher, cfg: GroundVConfig, store: StorageSpec,
                  build_id: str) -> ray.data.Dataset:
     s = cfg.stream
-    # from_blocks: the blocks stay exactly as split (from_arrow may re-split them) and their metadata
-    # is computed here once. Each block is one batch of the image stages (batch_size None), so the
-    # records of one image that split_for_stream put together stay together, and the teacher sends
-    # their identical requests once (teachers/requests.py).
-    ds = from_blocks_streamed(iter_blocks(plan.work, s.image_batch_size))
+    # The work list goes to storage block by block and each worker reads its block (work_list.py):
+    # image records never pass through the driver's object store. A block is one batch of the image
+    # stages (batch_size None), so the records of one image that the plan put together stay
+    # together, and the teacher sends their identical requests once (teachers/requests.py).
+    uri = work_list_uri(cfg.output.uri, build_id)
+    sizes = write_work_list(plan.iter_blocks(s.image_batch_size), uri, store)
+    ds = ray.data.read_datasource(WorkListDatasource(uri, store, sizes), override_num_blocks=len(sizes))
     if teacher.cpu_stage() is not None and s.fuse_cpu_stages:
         return fused_spec(s).apply(ds, store, teacher, s, cfg.teacher, cfg.filters, cfg.output.uri, build_id)
     ceiling = cpu_ceiling()
@@ -152,7 +134,6 @@ def _check_and_write(ds: ray.data.Dataset, cfg: GroundVConfig, store: StorageSpe
 def build_refilter_stream(units: list[dict[str, Any]], responses: dict[str, dict], cfg: GroundVConfig,
                           store: StorageSpec, build_id: str, teacher_label: str) -> ray.data.Dataset:
     """Re-check stored responses under the current filters: no image read, no teacher call."""
-    import pyarrow as pa
 
     from schemas.columns import TEACHER_OUT_FIELDS, UNIT_SCHEMA
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from pipelines.storage import fs as storage
 from pipelines.storage.fs import StorageSpec
-from pipelines.storage.output import list_versions, load_manifest, receipts_uri
+from pipelines.storage.output import WORK_DIR, list_versions, load_manifest, receipts_uri
 
 DEFAULT_GRACE_S = 6 * 3600.0
 
@@ -77,6 +77,9 @@ def collect(output: str, keep: int, store: StorageSpec, grace_s: float = DEFAULT
             live |= paths
     by_receipt = receipt_shards(output, store, committed)
     files = storage.list_files(storage.join(output, "data"), store)
+    # work lists of builds that were killed (a build removes its own when its stream ends); a
+    # running build's is younger than the grace period, like its fresh shards
+    files.update(storage.list_files(storage.join(output, *WORK_DIR), store))
     base = output.rstrip("/") + "/"
     now = time.time()
     garbage: list[str] = []

@@ -40,6 +40,13 @@ def receipts_uri(output: str, build_id: str | None = None) -> str:
     return storage.join(output, "receipts", build_id) if build_id else storage.join(output, "receipts")
 
 
+WORK_DIR = ("cache", "work")  # a running build's work list (pipelines/build/work_list.py)
+
+
+def work_list_uri(output: str, build_id: str) -> str:
+    return storage.join(output, *WORK_DIR, f"{build_id}.parquet")
+
+
 def list_versions(output: str, store: StorageSpec) -> list[int]:
     files = storage.list_files(manifests_uri(output), store)
     return sorted(v for v in (parse_manifest_name(p) for p in files) if v is not None)
