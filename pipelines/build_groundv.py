@@ -101,7 +101,7 @@ def plan(ctx: BuildContext, own_batches: set[str], use_existing: bool = True, co
     _start_ray_for_indexing(ctx, cache)
     before = dict(INDEX_COUNTERS)
     imgs = load_images(ctx.sources, ctx.exclude, ctx.cfg.data.limit, ctx.store, cache, write_cache=not ctx.dry_run,
-                       columns=PLAN_COLUMNS if counts_only else None)
+                       columns=PLAN_COLUMNS if counts_only else None, objects_by_reference=not counts_only)
     parsed, cached = (INDEX_COUNTERS[k] - before[k] for k in ("files_parsed", "files_cached"))
     if parsed + cached > len(ctx.sources):  # a source of several annotation files
         print(f"[groundv] index: {parsed} annotation files parsed, {cached} read from the cache", flush=True)
@@ -114,7 +114,7 @@ def plan(ctx: BuildContext, own_batches: set[str], use_existing: bool = True, co
         imgs.images, {s.name: s.tasks for s in ctx.sources}, imgs.identities,
         {t: spec.content_hash for t, spec in ctx.prompts.items()}, ctx.teacher.identity_hash(),
         ledger.rows, images_excluded=imgs.excluded, reuse_errors_from=own_batches,
-        filter_version=filter_version(ctx.cfg.filters, load_knowledge()),
+        filter_version=filter_version(ctx.cfg.filters, load_knowledge()), objects=imgs.objects,
     )
     return p, ledger, current, receipts
 

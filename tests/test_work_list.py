@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+import pyarrow as pa
 import pytest
 
 from pipelines.build.plan import make_plan, split_for_stream
@@ -96,3 +97,65 @@ def test_gc_removes_work_lists_of_killed_builds_after_the_grace_period(tmp_path)
     r = collect(str(out), 1, StorageSpec(), grace_s=3600, delete=True)
     assert r.garbage == ["cache/work/killed.parquet"] and r.kept_recent == 1
     assert os.path.exists(running) and not os.path.exists(old)
+
+
+def _by_reference_inputs(tmp_path, cache: str | None):
+    from pipelines.sources.resolve import SourceSpec, load_images
+    from pipelines.sources.sample_data import ensure_sample_dataset
+
+    made = ensure_sample_dataset(str(tmp_path / "s"), num_images=12, seed=5)
+    specs = [SourceSpec(m["name"], m["format"], m["annotations"], m["images"], []) for m in made]
+    held = load_images(specs, {3}, None, StorageSpec())
+    ref = load_images(specs, {3}, None, StorageSpec(), cache, objects_by_reference=True)
+    return held, ref
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("cached", [True, False])
+def test_plan_with_objects_by_reference_builds_the_same_blocks(tmp_path, cached):
+    """The driver's index refers to its objects in the cached index files (issue 14: driver memory);
+    the work list gets exactly the objects it had when the index held them."""
+    from pipelines.build.plan import _refilter_rows
+    from pipelines.sources.cached_objects import OBJECTS_FILE
+
+    imgs, tasks, prompts, empty = _plan_inputs(tmp_path, 12, 5)
+    held, ref = _by_reference_inputs(tmp_path, str(tmp_path / "cache") if cached else None)
+    assert held.excluded == ref.excluded > 0 and held.images.num_rows == ref.images.num_rows > 0
+    assert "objects" not in ref.images.column_names and OBJECTS_FILE in ref.images.column_names
+    # with a cache the objects stay in its files; without one (or an unwritable one) they are held
+    assert all(isinstance(e, str) == cached for e in ref.objects.entries) and len(ref.objects.entries) == 3
+    a = make_plan(held.images, tasks, held.identities, prompts, "T", empty)
+    b = make_plan(ref.images, tasks, ref.identities, prompts, "T", empty, objects=ref.objects)
+    for x, y in zip(a.iter_blocks(7), b.iter_blocks(7), strict=True):
+        assert x.equals(y)
+    stale = a.gen.slice(3, 9).append_column("stale_batch", pa.array(["b0"] * 9))
+    rows = [_refilter_rows(p.images, p.identities, stale, prompts, "T", p.objects) for p in (a, b)]
+    assert rows[0] == rows[1] and len(rows[0]) == 9 and all(r["objects"] for r in rows[0])
+
+
+@pytest.mark.unit
+def test_cached_objects_take_across_row_groups_and_evictions(tmp_path):
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from pipelines.sources.cached_objects import OBJECTS_TYPE, CachedObjects
+
+    def objects(n: int, tag: int) -> pa.Array:
+        return pa.array([[{"ann_id": tag * 1000 + i, "name": f"c{i % 3}"}] for i in range(n)], OBJECTS_TYPE)
+
+    files = []
+    for tag, n in ((1, 53), (2, 20)):
+        path = str(tmp_path / f"idx{tag}.parquet")
+        pq.write_table(pa.table({"objects": objects(n, tag)}), path, row_group_size=8)
+        files.append((path, n))
+    held = objects(11, 3)
+    co = CachedObjects(StorageSpec(), keep_row_groups=1)
+    codes = [co.add(files[0][0]), co.add(files[1][0]), co.add(held)]
+    sizes = [53, 20, 11]
+    rng = np.random.default_rng(0)
+    pick = rng.integers(0, 3, 300)
+    rows = np.array([rng.integers(0, sizes[c]) for c in pick])
+    got = co.take(np.array(codes)[pick], rows).to_pylist()
+    tags = np.array([1, 2, 3])[pick]
+    assert [o[0]["ann_id"] for o in got] == (tags * 1000 + rows).tolist()
+    assert co.take(np.array([], np.int32), np.array([], np.int32)).to_pylist() == []

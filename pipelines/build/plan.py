@@ -40,6 +40,7 @@ from pipelines.core.keys import (
     object_counts,
     unit_row,
 )
+from pipelines.sources.cached_objects import CachedObjects, with_objects
 from schemas.columns import IMAGE_SCHEMA, IMAGE_WORK_SCHEMA, PLANNED_UNIT_TYPE, TASKS
 
 NO_ANNOTATIONS = "no_annotations"  # reader's image_error for an image without any annotation
@@ -105,6 +106,7 @@ class Plan:
     relocate: dict[str, str | None] = field(default_factory=dict)
     images_moved: int = 0  # distinct images behind `relocate` whose stored location was recorded
     locations_unrecorded: int = 0  # relocated units from ledgers written before image_uri was stored
+    objects: CachedObjects | None = None  # where `images` refers to its objects (read per block)
 
     @property
     def work(self) -> pa.Table:
@@ -168,6 +170,7 @@ def make_plan(
     images_excluded: int = 0,
     reuse_errors_from: set[str] | None = None,
     filter_version: str | None = None,
+    objects: CachedObjects | None = None,
 ) -> Plan:
     """Key every applicable (image, task) unit and anti-join it against the existing ledger.
 
@@ -177,7 +180,8 @@ def make_plan(
     and those written by this build (`reuse_errors_from` batches).
     A reusable unit checked under another `filter_version` is re-checked from its stored response
     (`refilter`): no image read, no teacher call. The first batch that has a usable row for a key
-    provides it (`reuse_from`).
+    provides it (`reuse_from`). `objects`: where `images` refers to its objects (they are read
+    only for the units to run).
     """
     if "ann_hash" not in images.column_names:  # an index without the cached hash
         images = images.append_column("ann_hash", pa.array([annotation_hash(r) for r in images.to_pylist()],
@@ -207,7 +211,7 @@ def make_plan(
     del reused_t
     stale_t = units.filter(pa.array(refilter_mask))
     stale_t = stale_t.append_column("stale_batch", _take(batch, stale_t.column("stale_row")).cast(pa.string()))
-    refilter = _refilter_rows(images, idents, stale_t, prompt_hashes, teacher_hash)
+    refilter = _refilter_rows(images, idents, stale_t, prompt_hashes, teacher_hash, objects)
     if ledger.num_rows:
         _count_dropped(tasks, ledger, last, units, reason, reused | refilter_mask)
     gen = units.filter(pa.array(generate)).select(["idx", "task_rank", "gen_key"])
@@ -216,7 +220,7 @@ def make_plan(
                 images_excluded=images_excluded,
                 no_annotations=int(as_bool(pc.equal(images.column("image_error"), NO_ANNOTATIONS)).sum()),
                 identities=idents, prompt_hashes=dict(prompt_hashes), teacher_hash=teacher_hash,
-                relocate=relocate, images_moved=moved, locations_unrecorded=unrecorded)
+                relocate=relocate, images_moved=moved, locations_unrecorded=unrecorded, objects=objects)
 
 
 def _ledger_batches(ledger: pa.Table) -> pa.DictionaryArray:
@@ -295,15 +299,15 @@ def _key_fields(images: pa.Table, idents: pa.Array, units: pa.Table, prompt_hash
 
 
 def _refilter_rows(images: pa.Table, idents: pa.Array, stale: pa.Table, prompt_hashes: Mapping[str, str],
-                   teacher_hash: str) -> list[dict[str, Any]]:
+                   teacher_hash: str, objects: CachedObjects | None = None) -> list[dict[str, Any]]:
     """Unit rows (no pixels) for re-checking stored responses; `batch` says where each is stored."""
     if not stale.num_rows:
         return []
     keys = _key_fields(images, idents, stale, prompt_hashes, teacher_hash)
     batches = stale.column("stale_batch").to_pylist()
-    if "objects" not in images.column_names:  # a counts-only plan (--dry-run): keys and batches
+    if "objects" not in images.column_names and objects is None:  # a counts-only plan (--dry-run)
         return [{"gen_key": k, "batch": b} for k, b in zip(keys["gen_key"].to_pylist(), batches, strict=True)]
-    imgs = images.take(stale.column("idx")).select(list(IMAGE_UNIT_FIELDS)).to_pylist()
+    imgs = with_objects(images.take(stale.column("idx")), objects).select(list(IMAGE_UNIT_FIELDS)).to_pylist()
     key_rows = pa.table({k: keys[k] for k in KEY_FIELDS}).to_pylist()
     return [{**unit_row(i, k), "batch": b} for i, k, b in zip(imgs, key_rows, batches, strict=True)]
 
@@ -318,7 +322,7 @@ def _work(plan: Plan, gen: pa.Table) -> pa.Table:
     offsets = pa.array(np.append(starts, len(idx)), pa.int32())
     fields = _key_fields(plan.images, plan.identities, gen, plan.prompt_hashes, plan.teacher_hash)
     structs = pa.StructArray.from_arrays([fields[f.name] for f in PLANNED_UNIT_TYPE], fields=list(PLANNED_UNIT_TYPE))
-    base = plan.images.take(pa.array(uniq)).select(IMAGE_SCHEMA.names)
+    base = with_objects(plan.images.take(pa.array(uniq)), plan.objects).select(IMAGE_SCHEMA.names)
     return base.append_column("units", pa.ListArray.from_arrays(offsets, structs)).cast(IMAGE_WORK_SCHEMA)
 
 

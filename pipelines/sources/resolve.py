@@ -18,6 +18,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from pipelines.core.keys import COUNT_COLUMNS, annotation_hash, image_identity, object_counts
 from pipelines.sources.annotation_files import check_unique_ids, expand_annotations, parse_all
+from pipelines.sources.cached_objects import OBJECTS, CachedObjects
 from pipelines.sources.readers import read_source
 from pipelines.sources.sample_data import ensure_sample_dataset
 from pipelines.storage import fs as storage
@@ -129,6 +130,7 @@ class SourceImages:
     images: pa.Table  # INDEX_MEMORY_SCHEMA: IMAGE_SCHEMA + ann_hash + counts (compact category names)
     excluded: int
     identities: Identities  # image_uri -> content identity
+    objects: CachedObjects | None = None  # where `images` refers to its objects (objects_by_reference)
 
 
 def _reader_code_hash() -> str:
@@ -145,7 +147,7 @@ def _reader_code_hash() -> str:
 
 
 def read_source_cached(src: SourceSpec, store: StorageSpec, cache: str | None, write_cache: bool = True,
-                       columns: list[str] | None = None) -> pa.Table:
+                       columns: list[str] | None = None, objects: CachedObjects | None = None) -> pa.Table:
     """`read_source` of each annotation file of `src` (one, a glob or a folder: annotation_files.py),
     memoised per file under <output>/cache/index/ by that file's identity, concatenated in file order.
 
@@ -153,24 +155,31 @@ def read_source_cached(src: SourceSpec, store: StorageSpec, cache: str | None, w
     an unchanged annotation file reads the cached per-image table instead. The key covers the file's
     listing identity (ETag + size, or size + mtime), the source's name/format/images prefix and the
     reader code, so a changed file or reader never hits a stale entry. The files to (re)parse are
-    parsed in parallel (Ray tasks) when there are several. None: no cache; `write_cache=False` (dry
-    runs, which write nothing) reads a cached index but never writes one. `columns`: only these
-    (INDEX_SCHEMA order), read by projection from a cached index.
+    parsed in parallel (Ray tasks) when there are several; the task that parses a file writes its
+    cache. None: no cache; `write_cache=False` (dry runs, which write nothing) reads a cached index
+    but never writes one. `columns`: only these (INDEX_SCHEMA order), read by projection from a
+    cached index. `objects`: the objects stay in the cached files and the table refers to them
+    (cached_objects.py); neither the parsed nor the cached objects reach this process.
     """
     schema = _memory_schema(columns)
+    by_ref = objects is not None and OBJECTS in schema.names
+    read_schema = pa.schema([f for f in schema if f.name != OBJECTS]) if by_ref else schema
     files = expand_annotations(src.annotations, store)
-    tables: list[pa.Table | None] = [_read_cached_index(_file_cache_uri(src, f, store, cache), store, schema)
-                                     for f in files]
+    uris = [_file_cache_uri(src, f, store, cache) for f in files]
+    tables: list[pa.Table | None] = [_read_cached_index(u, store, read_schema) for u in uris]
     todo = [i for i, t in enumerate(tables) if t is None]
-    jobs = [(src.name, src.format, files[i], src.images, store.options_for(files[i]), store.retries) for i in todo]
+    jobs = [(src.name, src.format, files[i], src.images, store.options_for(files[i]), store.retries,
+             uris[i] if write_cache else None, store, by_ref) for i in todo]
     for i, t in zip(todo, parse_all(_index_file, jobs), strict=True):
-        uri = _file_cache_uri(src, files[i], store, cache)
-        if uri is not None and write_cache:
-            _write_cached_index(uri, t, store)
-        tables[i] = t.select(schema.names).cast(schema)
+        tables[i] = t.select(read_schema.names if OBJECTS not in t.column_names else schema.names)
     INDEX_COUNTERS["files_parsed"] += len(todo)
     INDEX_COUNTERS["files_cached"] += len(files) - len(todo)
     check_unique_ids(tables, files, src.name)
+    if by_ref:
+        tables = [objects.refer(t.cast(schema if OBJECTS in t.column_names else read_schema), u)
+                  for t, u in zip(tables, uris, strict=True)]
+    else:
+        tables = [t.cast(schema) for t in tables]
     return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
 
@@ -178,9 +187,15 @@ def read_source_cached(src: SourceSpec, store: StorageSpec, cache: str | None, w
 INDEX_COUNTERS = {"files_parsed": 0, "files_cached": 0}
 
 
-def _index_file(name: str, fmt: str, file: str, images: str, options: dict[str, Any], retries: int) -> pa.Table:
-    """One annotation file -> its INDEX_SCHEMA table (runs in a Ray task when files are parsed in parallel)."""
-    return with_ann_hash(read_source(name, fmt, file, images, options, retries=retries))
+def _index_file(name: str, fmt: str, file: str, images: str, options: dict[str, Any], retries: int,
+                cache_uri: str | None = None, store: StorageSpec | None = None, drop_objects: bool = False
+                ) -> pa.Table:
+    """One annotation file -> its INDEX_SCHEMA table, cached at `cache_uri` (runs in a Ray task when
+    files are parsed in parallel). `drop_objects`: once cached, return it without its objects
+    (the caller refers to them in the cache); kept when the cache could not be written."""
+    t = with_ann_hash(read_source(name, fmt, file, images, options, retries=retries))
+    written = cache_uri is not None and store is not None and _write_cached_index(cache_uri, t, store)
+    return t.drop_columns([OBJECTS]) if drop_objects and written else t
 
 
 def _read_cached_index(uri: str | None, store: StorageSpec, schema: pa.Schema) -> pa.Table | None:
@@ -195,14 +210,16 @@ def _read_cached_index(uri: str | None, store: StorageSpec, schema: pa.Schema) -
         return None
 
 
-def _write_cached_index(uri: str, t: pa.Table, store: StorageSpec) -> None:
+def _write_cached_index(uri: str, t: pa.Table, store: StorageSpec) -> bool:
     buf = io.BytesIO()
-    # small row groups: a reader of a few images (preview) prunes by image_id statistics
+    # small row groups: a reader of a few images (preview) prunes by image_id statistics, and the
+    # work list reads the objects of a block's images without the whole file
     pq.write_table(t, buf, compression="zstd", row_group_size=INDEX_ROW_GROUP)
     try:
         storage.write_bytes(uri, buf.getvalue(), store)
     except OSError:
-        pass  # a cache is an optimisation: never fail a build over it
+        return False  # a cache is an optimisation: never fail a build over it
+    return True
 
 
 def uncached_files(src: SourceSpec, store: StorageSpec, cache: str | None) -> int:
@@ -265,11 +282,14 @@ def read_cached_images(src: SourceSpec, store: StorageSpec, cache: str | None, i
 
 def load_images(sources: list[SourceSpec], exclude: set[int], limit: int | None,
                 store: StorageSpec, cache: str | None = None, write_cache: bool = True,
-                columns: list[str] | None = None) -> SourceImages:
+                columns: list[str] | None = None, objects_by_reference: bool = False) -> SourceImages:
+    """The sources' index rows (exclusions dropped, `limit` kept) and their images' identities.
+    `objects_by_reference`: the objects stay in the cached index (SourceImages.objects)."""
     tables = []
     excluded = 0
+    objects = CachedObjects(store) if objects_by_reference else None
     for src in sources:
-        t = read_source_cached(src, store, cache, write_cache, columns)
+        t = read_source_cached(src, store, cache, write_cache, columns, objects)
         if exclude:
             keep = pc.invert(pc.is_in(t.column("image_id"), value_set=pa.array(sorted(exclude), pa.int64())))
             excluded += t.num_rows - pc.sum(keep.cast(pa.int64())).as_py()
@@ -286,7 +306,8 @@ def load_images(sources: list[SourceSpec], exclude: set[int], limit: int | None,
         uris.append(u.filter(keep))
         values.append(v.filter(keep))
     cat = lambda parts: pa.concat_arrays(parts) if parts else pa.array([], pa.string())  # noqa: E731
-    return SourceImages(images=images, excluded=excluded, identities=Identities(cat(uris), cat(values)))
+    return SourceImages(images=images, excluded=excluded, identities=Identities(cat(uris), cat(values)),
+                        objects=objects)
 
 
 def list_identities(prefix: str, store: StorageSpec, chunk: int = 100_000) -> tuple[pa.Array, pa.Array]:
