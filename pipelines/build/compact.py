@@ -141,7 +141,7 @@ def write_group(output: str, store: StorageSpec, group: list[ShardEntry], label:
     up to ROW_GROUP_BYTES per Parquet row group, never the group's rows as one table."""
     kind, task = group[0].kind, group[0].task
     buf = io.BytesIO()
-    rows = 0
+    rows = held = 0
     writer: pq.ParquetWriter | None = None
     pending: list[pa.Table] = []
     for s in group:
@@ -150,9 +150,10 @@ def write_group(output: str, store: StorageSpec, group: list[ShardEntry], label:
         if writer is None:
             writer = pq.ParquetWriter(buf, t.schema, compression="zstd")
         pending.append(t)
-        if sum(p.nbytes for p in pending) >= ROW_GROUP_BYTES:
+        held += t.nbytes
+        if held >= ROW_GROUP_BYTES:
             writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
-            pending = []
+            pending, held = [], 0
     assert writer is not None  # a group has at least one shard
     if pending:
         writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
