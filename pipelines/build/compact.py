@@ -131,8 +131,9 @@ def _write_groups(output: str, store: StorageSpec, groups: list[list[ShardEntry]
     if ray is None or not jobs:
         yield from ((i, write_group(*job)) for i, job in enumerate(jobs))
         return
-    # a window of about one task per CPU: every CPU busy, and thousands of groups never all queued
-    yield from imap_tasks(write_group, jobs, num_cpus=RESOURCES.num_cpus, window=cluster_cpus(ray))
+    # a window of about one task per CPU: every CPU busy, and thousands of groups never all queued.
+    # A group lost with its worker is re-run: its file is content-addressed, the write idempotent.
+    yield from imap_tasks(write_group, jobs, num_cpus=RESOURCES.num_cpus, window=cluster_cpus(ray), retries=2)
 
 
 def write_group(output: str, store: StorageSpec, group: list[ShardEntry], label: str) -> ShardEntry:

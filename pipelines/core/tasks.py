@@ -31,14 +31,15 @@ def cluster_cpus(ray: Any) -> int:
 
 
 def imap_tasks(fn: Callable[..., Any], jobs: Sequence[tuple[Any, ...]], *, num_cpus: float = 1.0,
-               window: int | None = None) -> Iterator[tuple[int, Any]]:
+               window: int | None = None, retries: int = 0) -> Iterator[tuple[int, Any]]:
     """`(i, fn(*jobs[i]))` for every job as the Ray tasks finish (not in job order), with at most
     `window` tasks submitted at once (None: all), so thousands of jobs never sit in the driver as
     task specs at once. Needs Ray initialised. The first failure stops it: the tasks still in flight
-    are cancelled and the job's own exception is raised (no retries: a failed job is a real error)."""
+    are cancelled and the job's own exception is raised. `retries`: re-runs after a lost worker or
+    node (Ray never retries the function's own exception here), for idempotent jobs only."""
     import ray
 
-    task = ray.remote(num_cpus=num_cpus, max_retries=0)(fn)
+    task = ray.remote(num_cpus=num_cpus, max_retries=retries)(fn)
     limit = max(1, window if window is not None else len(jobs))
     todo = iter(enumerate(jobs))
     running: dict[Any, int] = {}
