@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -14,6 +16,7 @@ from pipelines.cli.compact import main as compact_main
 from pipelines.storage.fs import StorageSpec
 from tests.dataset_checks import latest_manifest, read_kind
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KINDS = ("samples", "rejects", "errors", "raw")
 
 
@@ -123,3 +126,46 @@ def test_killed_compaction_leaves_previous_version_readable(output):
     # and a second compaction completes
     assert compact(output, StorageSpec(), max_rows=1_000_000) is not None
     assert {k: rows(output, latest_manifest(output), k) for k in KINDS} == before
+
+
+def _cli_compact(output: str, max_rows: int) -> None:
+    """The compact CLI in a fresh process: no Ray there, the groups are written in process."""
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    subprocess.run([sys.executable, os.path.join(ROOT, "pipelines", "cli", "compact.py"), "--output", output,
+                    "--max-rows", str(max_rows)], check=True, env=env, capture_output=True)
+
+
+@pytest.mark.ray
+def test_compaction_in_ray_tasks_equals_in_process(output, tmp_path, ray_session):
+    assert ray_session.is_initialized()  # compact() below runs the groups as Ray tasks
+    v1 = latest_manifest(output)
+    target = 3 * max(s["rows"] for s in v1["shards"])  # several groups per kind
+    twin = str(tmp_path / "twin")
+    shutil.copytree(output, twin)
+    m = compact(output, StorageSpec(), max_rows=target)
+    _cli_compact(twin, target)
+    a, b = latest_manifest(output), latest_manifest(twin)
+    assert m is not None and a["version"] == b["version"] == 2
+    # content-addressed: the same inputs give the same files, whichever process wrote them
+    assert a["shards"] == b["shards"]
+    assert len(a["shards"]) < len(v1["shards"])
+    for kind in KINDS:
+        assert rows(output, a, kind) == rows(twin, b, kind) == rows(output, v1, kind), kind
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("where", ["ray", "in_process"])
+def test_a_failing_group_commits_nothing(output, ray_session, where):
+    v1 = latest_manifest(output)
+    gone = next(s["path"] for s in v1["shards"] if s["kind"] == "samples")
+    os.remove(os.path.join(output, gone))
+    if where == "ray":
+        with pytest.raises(FileNotFoundError) as err:
+            compact(output, StorageSpec(), max_rows=1_000_000)
+        # the reader's own error naming the missing shard, not a Ray traceback
+        assert type(err.value) is FileNotFoundError and os.path.basename(gone) in str(err.value)
+    else:
+        with pytest.raises(subprocess.CalledProcessError) as err:
+            _cli_compact(output, 1_000_000)
+        assert os.path.basename(gone) in err.value.stderr.decode()
+    assert sorted(os.listdir(os.path.join(output, "manifests"))) == ["v000001.json"]

@@ -6,6 +6,11 @@
 The new version holds exactly the same rows (ledger included); older versions stay readable until
 `manifest.py gc` removes the shards no kept version references. Killed before it commits, the
 previous version stays the latest (docs/incremental.md).
+
+Runs in this process, one group after the other, without starting Ray: compaction is I/O-bound,
+a standalone run has the machine to itself, and a group in flight holds at most one input shard
+plus the compressed output (<= --max-mb), so Ray's ~4 s start and ~1.4 GB would cost more than
+they save. (The build's commit, where Ray is already up, runs the groups as Ray tasks instead.)
 """
 
 from __future__ import annotations

@@ -8,12 +8,12 @@ and cached on its own, so editing one file re-indexes only that file.
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines.core.tasks import imap_tasks, ray_up
 from pipelines.sources.readers.categories import AnnotationFileError
 from pipelines.storage import fs as storage
 from pipelines.storage.fs import StorageSpec
@@ -47,13 +47,11 @@ def parse_all(parse: Callable[..., pa.Table], jobs: list[tuple[Any, ...]]) -> li
     a file needs parsing): one Ray task per file (num_cpus=1), the tables come back through the
     object store, so the parsed JSON (Python objects, several GB for COCO train2017 + LVIS) lives in
     a worker, never in the driver. Otherwise in this process, one after the other."""
-    ray = sys.modules.get("ray")  # not imported: certainly not initialised (and no import cost)
-    if jobs and ray is not None and ray.is_initialized():
-        task = ray.remote(num_cpus=1, max_retries=0)(parse)
-        try:
-            return ray.get([task.remote(*job) for job in jobs])
-        except ray.exceptions.RayTaskError as e:  # the reader's own error, not a remote traceback
-            raise (e.cause if isinstance(e.cause, Exception) else e) from None
+    if jobs and ray_up() is not None:
+        out: list[pa.Table | None] = [None] * len(jobs)
+        for i, table in imap_tasks(parse, jobs):  # every file at once: a handful, each a whole parse
+            out[i] = table
+        return out  # type: ignore[return-value]
     return [parse(*job) for job in jobs]
 
 
