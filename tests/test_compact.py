@@ -164,6 +164,9 @@ def test_a_failing_group_commits_nothing(output, ray_session, where):
             compact(output, StorageSpec(), max_rows=1_000_000)
         # the reader's own error naming the missing shard, not a Ray traceback
         assert type(err.value) is FileNotFoundError and os.path.basename(gone) in str(err.value)
+        # raised in a worker: the driver's traceback ends where the task's error is re-raised
+        assert err.traceback[-1].path.name == "tasks.py"
+        assert not any(e.name == "write_group" for e in err.traceback)
     else:
         with pytest.raises(subprocess.CalledProcessError) as err:
             _cli_compact(output, 1_000_000)
