@@ -323,9 +323,10 @@ def preflight(cfg) -> None:
     uris: dict[str, str] = {"output.uri": cfg.output.uri}
     must: set[str] = set()
     for i, src in enumerate(cfg.data.sources):
-        for key in ("annotations", "images"):
-            uris[f"data.sources[{i}].{key}"] = getattr(src, key)
-            must.add(f"data.sources[{i}].{key}")
+        for key in ("annotations", "images", "categories"):
+            if getattr(src, key, None):  # categories: only a source of per-image records has one
+                uris[f"data.sources[{i}].{key}"] = getattr(src, key)
+                must.add(f"data.sources[{i}].{key}")
     if isinstance(cfg.data.exclude_image_ids, str):
         uris["data.exclude_image_ids"] = cfg.data.exclude_image_ids
         must.add("data.exclude_image_ids")

@@ -179,6 +179,8 @@ def check_ranges(cfg: DictConfig) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Semantic checks the type system can't express."""
+    from pipelines.sources.readers.records import is_record_file  # the one rule of what a record file is
+
     check_ranges(cfg)
     unknown = [t for t in cfg.tasks if t not in TASKS]
     if unknown:
@@ -189,6 +191,10 @@ def validate(cfg: DictConfig) -> None:
                 raise ConfigError(f"data.sources[{i}].{key} is missing; set it to {_SOURCE_FIELD_HELP[key]}")
         if OmegaConf.is_missing(src, "format"):
             raise ConfigError(f"data.sources[{i}].format is missing (coco | lvis | paco)")
+        if not src.categories and is_record_file(str(src.annotations)):
+            raise ConfigError(f"data.sources[{i}] ({src.name!r}): annotations {src.annotations} are per-image "
+                              f"records; set data.sources[{i}].categories to a JSON file with the COCO "
+                              "'categories' (and PACO 'attributes')")
         for t in src.tasks or []:
             if t not in TASKS:
                 raise ConfigError(f"data.sources[{i}].tasks: unknown task {t!r}")

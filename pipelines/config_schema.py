@@ -36,9 +36,13 @@ class TeacherBackend(StrEnum):
 class SourceConfig:
     name: str = MISSING
     format: SourceFormat = MISSING
-    annotations: str = MISSING  # uri of the annotation JSON, or a glob / folder of them (one format)
+    # uri of the annotation JSON (or a JSONL / Parquet of per-image records), or a glob / folder of them
+    annotations: str = MISSING
     images: str = MISSING  # uri prefix that file names are relative to
     tasks: List[str] | None = None  # default: every task in `tasks`
+    # JSON with the COCO `categories` (+ PACO `attributes`): required when `annotations` are per-image
+    # records (*.jsonl, *.jsonl.gz, *.parquet), which do not repeat them
+    categories: str | None = None
 
 
 @dataclass

@@ -1,9 +1,11 @@
 """A source's `annotations` as a list of files: one file, a glob (`s3://b/ann/part-*.json`) or a
-folder of `*.json` files in the same format, and the parsing of the files that are not cached yet:
+folder of `*.json` files in the same format (or of per-image record files, `*.jsonl[.gz]` /
+`*.parquet`: readers/records.py), and the parsing of the files that are not cached yet:
 in parallel as Ray tasks when Ray is up and more than one file needs parsing, else in process.
 
-Each file is a self-contained COCO-style JSON (its own images / annotations / categories), indexed
-and cached on its own, so editing one file re-indexes only that file.
+Each file is a self-contained COCO-style JSON (its own images / annotations / categories), or a
+shard of per-image records (categories from the source's `categories` file), indexed and cached on
+its own, so editing one file re-indexes only that file.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pyarrow.compute as pc
 
 from pipelines.core.tasks import imap_tasks, ray_up
 from pipelines.sources.readers.categories import AnnotationFileError
+from pipelines.sources.readers.records import is_record_file
 from pipelines.storage import fs as storage
 from pipelines.storage.fs import StorageSpec
 
@@ -32,8 +35,9 @@ def expand_annotations(uri: str, store: StorageSpec) -> list[str]:
     if is_glob(uri):
         found = storage.with_retries(lambda: fs.glob(path), store, f"glob {uri}")
     elif storage.with_retries(lambda: fs.isdir(path), store, f"stat {uri}"):
-        found = [p for p in storage.with_retries(lambda: fs.find(path), store, f"list {uri}")
-                 if p.lower().endswith(".json")]
+        listed = storage.with_retries(lambda: fs.find(path), store, f"list {uri}")
+        # a folder of record shards may hold the source's categories JSON too: then only the shards
+        found = [p for p in listed if is_record_file(str(p))] or [p for p in listed if p.lower().endswith(".json")]
     else:
         return [uri]
     files = sorted(str(p) for p in found if not str(p).endswith("/"))

@@ -19,7 +19,7 @@ from fsspec.implementations.local import LocalFileSystem
 from pipelines.core.keys import COUNT_COLUMNS, annotation_hash, image_identity, object_counts
 from pipelines.sources.annotation_files import check_unique_ids, expand_annotations, parse_all
 from pipelines.sources.cached_objects import OBJECTS, CachedObjects
-from pipelines.sources.readers import read_source
+from pipelines.sources.readers import AnnotationFileError, is_record_file, read_source
 from pipelines.sources.sample_data import ensure_sample_dataset
 from pipelines.storage import fs as storage
 from pipelines.storage.fs import StorageSpec
@@ -33,6 +33,7 @@ class SourceSpec:
     annotations: str
     images: str
     tasks: list[str]
+    categories: str | None = None  # the categories JSON of a source given as per-image records
 
 
 def _abs(uri: str) -> str:
@@ -51,8 +52,9 @@ def resolve_sources(cfg: Any) -> list[SourceSpec]:
     for src in cfg.data.sources:
         fmt = src.format
         want = list(src.tasks) if src.tasks else tasks
+        cats = getattr(src, "categories", None)  # absent in the config of an older manifest
         out.append(SourceSpec(src.name, fmt, _abs(src.annotations), _abs(src.images),
-                              [t for t in tasks if t in want]))
+                              [t for t in tasks if t in want], _abs(cats) if cats else None))
     return out
 
 
@@ -164,12 +166,12 @@ def read_source_cached(src: SourceSpec, store: StorageSpec, cache: str | None, w
     schema = _memory_schema(columns)
     by_ref = objects is not None and OBJECTS in schema.names
     read_schema = pa.schema([f for f in schema if f.name != OBJECTS]) if by_ref else schema
-    files = expand_annotations(src.annotations, store)
+    files = source_files(src, store)
     uris = [_file_cache_uri(src, f, store, cache) for f in files]
     tables: list[pa.Table | None] = [_read_cached_index(u, store, read_schema) for u in uris]
     todo = [i for i, t in enumerate(tables) if t is None]
     jobs = [(src.name, src.format, files[i], src.images, store.options_for(files[i]), store.retries,
-             uris[i] if write_cache else None, store, by_ref) for i in todo]
+             uris[i] if write_cache else None, store, by_ref, src.categories) for i in todo]
     for i, t in zip(todo, parse_all(_index_file, jobs), strict=True):
         tables[i] = t.select(read_schema.names if OBJECTS not in t.column_names else schema.names)
     INDEX_COUNTERS["files_parsed"] += len(todo)
@@ -187,13 +189,27 @@ def read_source_cached(src: SourceSpec, store: StorageSpec, cache: str | None, w
 INDEX_COUNTERS = {"files_parsed": 0, "files_cached": 0}
 
 
+def source_files(src: SourceSpec, store: StorageSpec) -> list[str]:
+    """The annotation files of `src`; per-image record files need the source's categories file."""
+    files = expand_annotations(src.annotations, store)
+    records = [f for f in files if is_record_file(f)]
+    if src.categories is None and records:
+        raise AnnotationFileError(
+            f"source {src.name!r}: its annotations are per-image records ({records[0]}); "
+            "set data.sources[].categories to a JSON file with the COCO 'categories' (and PACO 'attributes')")
+    return files
+
+
 def _index_file(name: str, fmt: str, file: str, images: str, options: dict[str, Any], retries: int,
-                cache_uri: str | None = None, store: StorageSpec | None = None, drop_objects: bool = False
-                ) -> pa.Table:
+                cache_uri: str | None = None, store: StorageSpec | None = None, drop_objects: bool = False,
+                categories: str | None = None) -> pa.Table:
     """One annotation file -> its INDEX_SCHEMA table, cached at `cache_uri` (runs in a Ray task when
     files are parsed in parallel). `drop_objects`: once cached, return it without its objects
-    (the caller refers to them in the cache); kept when the cache could not be written."""
-    t = with_ann_hash(read_source(name, fmt, file, images, options, retries=retries))
+    (the caller refers to them in the cache); kept when the cache could not be written.
+    `categories`: the source's categories file (record files only)."""
+    cat_options = (store or StorageSpec()).options_for(categories) if categories else None
+    t = with_ann_hash(read_source(name, fmt, file, images, options, retries=retries,
+                                  categories_uri=categories, categories_options=cat_options))
     written = cache_uri is not None and store is not None and _write_cached_index(cache_uri, t, store)
     return t.drop_columns([OBJECTS]) if drop_objects and written else t
 
@@ -224,7 +240,7 @@ def _write_cached_index(uri: str, t: pa.Table, store: StorageSpec) -> bool:
 
 def uncached_files(src: SourceSpec, store: StorageSpec, cache: str | None) -> int:
     """How many annotation files of `src` have no cached index yet (the build starts Ray for >1)."""
-    return sum(1 for f in expand_annotations(src.annotations, store)
+    return sum(1 for f in source_files(src, store)
                if (u := _file_cache_uri(src, f, store, cache)) is None or not _exists(u, store))
 
 
@@ -249,18 +265,31 @@ def index_cache_uri(src: SourceSpec, store: StorageSpec, cache: str | None) -> s
 
 def _file_cache_uri(src: SourceSpec, file: str, store: StorageSpec, cache: str | None) -> str | None:
     """The cache key of one annotation file: the source (name, format, images) + this file's uri and
-    listing identity + the reader code. For a single-file source it is the key it always had."""
+    listing identity + the reader code. For a single-file source it is the key it always had. A
+    source with a categories file (per-image records) adds that file's uri and identity: an edited
+    categories file re-indexes every record file of the source."""
     if not cache:
         return None
-    fs, path = storage.fs_and_path(file, store)
+    info = _info(file, store)
+    if info is None:
+        return None
+    fields: dict[str, Any] = {"v": 3, "src": [src.name, src.format, file, src.images],
+                              "file": image_identity(info), "code": _reader_code_hash()}
+    if src.categories is not None and is_record_file(file):
+        cats = _info(src.categories, store)
+        if cats is None:
+            return None  # the parse reports the missing file
+        fields["categories"] = [src.categories, image_identity(cats)]
+    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+    return storage.join(cache, f"{key}.parquet")
+
+
+def _info(uri: str, store: StorageSpec) -> dict[str, Any] | None:
+    fs, path = storage.fs_and_path(uri, store)
     try:
-        info = storage.with_retries(lambda: fs.info(path), store, f"stat {file}")
+        return storage.with_retries(lambda: fs.info(path), store, f"stat {uri}")
     except FileNotFoundError:
         return None
-    key = hashlib.sha256(json.dumps(
-        {"v": 3, "src": [src.name, src.format, file, src.images],
-         "file": image_identity(info), "code": _reader_code_hash()}, sort_keys=True).encode()).hexdigest()
-    return storage.join(cache, f"{key}.parquet")
 
 
 def read_cached_images(src: SourceSpec, store: StorageSpec, cache: str | None, image_ids: list[int]
@@ -268,7 +297,7 @@ def read_cached_images(src: SourceSpec, store: StorageSpec, cache: str | None, i
     """Only these images' rows of the cached index (row groups pruned by image_id); None when a
     file of the source has no cached index."""
     parts = []
-    for file in expand_annotations(src.annotations, store):
+    for file in source_files(src, store):
         uri = _file_cache_uri(src, file, store, cache)
         if uri is None:
             return None

@@ -26,6 +26,7 @@ from pipelines.sources.readers.categories import (
     parse_attribute_names,
     parse_categories,
 )
+from pipelines.sources.readers.records import is_record_file, load_record_data
 from pipelines.sources.readers.segmentation import InvalidAnnotation, bbox_problem, to_compressed_rle
 from pipelines.storage import fs as storage
 from pipelines.storage import guard
@@ -93,14 +94,23 @@ def read_source(
     images_uri: str,
     storage_options: dict[str, Any] | None = None,
     retries: int = 5,
+    categories_uri: str | None = None,
+    categories_options: dict[str, Any] | None = None,
 ) -> pa.Table:
     """Read one source's annotation file into an IMAGE_SCHEMA table, one row per image (file order).
 
-    `retries`: store retries of the file read (`storage.retries`)."""
+    `retries`: store retries of the file read (`storage.retries`). A file of per-image records
+    (`.jsonl`, `.jsonl.gz`, `.parquet`: records.py) takes its categories from `categories_uri` and
+    then goes the same way as a COCO JSON file."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown annotation format {fmt!r}; expected one of: {', '.join(FORMATS)}")
-    data = load_annotation_json(annotations_uri, storage_options, retries)
-    cats = parse_categories(data, annotations_uri, fmt)
+    if is_record_file(annotations_uri):
+        data = load_record_data(annotations_uri, categories_uri, storage_options, retries, categories_options)
+        cats_uri = categories_uri or annotations_uri  # category errors name the file they are in
+    else:
+        data = load_annotation_json(annotations_uri, storage_options, retries)
+        cats_uri = annotations_uri
+    cats = parse_categories(data, cats_uri, fmt)
     images = _checked_images(data["images"], annotations_uri)
     by_image, duplicates = _group_annotations(data["annotations"], {img["id"] for img in images})
     ctx = _Context(
@@ -108,7 +118,7 @@ def read_source(
         fmt=fmt,
         prefix=images_uri.rstrip("/"),
         cats=cats,
-        attrs=parse_attribute_names(data, annotations_uri) if fmt == "paco" else {},
+        attrs=parse_attribute_names(data, cats_uri) if fmt == "paco" else {},
         duplicates=frozenset(duplicates),
         coco_names=tuple(sorted(((c.id, c.name) for c in cats.values() if not c.is_part), key=lambda t: t[1])),
     )
