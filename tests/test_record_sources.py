@@ -223,3 +223,21 @@ def test_editing_one_record_file_reparses_only_that_file(ray_session, sample, tm
     assert before < after and len(after - before) == 1
     units = [r for r in raw1 if r["image_id"] == rec["image"]["id"]]
     assert units and latest_manifest(out)["stats"]["teacher_calls"] == len(units)
+
+
+@pytest.mark.s3
+def test_s3_record_shards_and_categories(s3_bucket, sample, tmp_path):
+    import boto3
+
+    endpoint, bucket = s3_bucket
+    src = sample["paco"]
+    parts = to_records(Path(src["annotations"]), tmp_path / "rec", "parquet", parts=2)
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    for p in [*parts, tmp_path / "rec" / "categories.json"]:
+        s3.put_object(Bucket=bucket, Key=f"ann/{p.name}", Body=p.read_bytes())
+    store, cache = StorageSpec(endpoint, 2), f"s3://{bucket}/cache"
+    s = spec(src, f"s3://{bucket}/ann", f"s3://{bucket}/ann/categories.json")
+    got = read_source_cached(s, store, cache)
+    assert got.to_pylist() == read_source_cached(spec(src, src["annotations"]), store, None).to_pylist()
+    assert len(s3.list_objects_v2(Bucket=bucket, Prefix="cache/")["Contents"]) == 2
+    assert read_source_cached(s, store, cache).to_pylist() == got.to_pylist()  # from the two cached files
