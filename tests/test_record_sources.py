@@ -73,7 +73,7 @@ def test_record_index_equals_the_json_index(sample, tmp_path, fmt, kind):
     # every column, ann_hash and objects included (values: the category names' dictionaries differ per file)
     assert records.to_pylist() == single.to_pylist()
     errors = [e for e in single.column("image_error").to_pylist() if e]
-    assert len(errors) < single.num_rows and records.column("ann_hash").to_pylist() == single.column("ann_hash").to_pylist()
+    assert len(errors) < single.num_rows  # mostly images with objects: the equality is about them
 
 
 @pytest.mark.unit
@@ -115,6 +115,20 @@ def test_cache_key_covers_the_categories_file_and_json_keys_are_unchanged(sample
          "code": _reader_code_hash()}, sort_keys=True).encode()).hexdigest()
     assert _file_cache_uri(spec(src, f), f, store, cache).endswith(f"/{want}.parquet")
     assert _file_cache_uri(spec(src, f, str(cats)), f, store, cache).endswith(f"/{want}.parquet")
+
+
+@pytest.mark.unit
+def test_exporters_read_record_sources(sample, tmp_path):
+    from pipelines.consumers.exporters.common import load_source_index
+
+    src = sample["paco"]
+    to_records(Path(src["annotations"]), tmp_path / "rec", "jsonl", parts=3)
+    ids = {im["id"] for im in json.loads(Path(src["annotations"]).read_text())["images"]}
+    want = load_source_index(spec(src, src["annotations"]), ids, StorageSpec())
+    got = load_source_index(spec(src, str(tmp_path / "rec"), str(tmp_path / "rec" / "categories.json")), ids,
+                            StorageSpec())
+    assert got.images == want.images and got.anns_by_image == want.anns_by_image and want.anns
+    assert got.anns == want.anns and got.categories == want.categories
 
 
 def build(tmp: Path, sources: list[dict], name: str, *extra: str) -> tuple[int, str]:

@@ -23,9 +23,9 @@ from pycocotools import mask as mask_utils
 
 from pipelines.consumers.dataset import to_arrow_dataset
 from pipelines.core.masks import merge_rles
-from pipelines.sources.readers import image_file_name, load_annotation_json
+from pipelines.sources.readers import image_file_name, load_annotation_data
 from pipelines.sources.readers.segmentation import InvalidAnnotation, to_compressed_rle
-from pipelines.sources.resolve import SourceSpec
+from pipelines.sources.resolve import SourceSpec, source_files
 from pipelines.storage import fs as storage
 from pipelines.storage import guard
 from pipelines.storage.fs import StorageSpec
@@ -82,22 +82,30 @@ class SourceIndex:
 
 
 def load_source_index(spec: SourceSpec, image_ids: set[int], store: StorageSpec) -> SourceIndex:
-    """Parse the source's annotation JSON once and keep only the images the samples use."""
-    data = load_annotation_json(spec.annotations, store.options_for(spec.annotations))
+    """Parse each annotation file of the source once (one file, a glob or folder of them, or
+    per-image record shards + the categories file) and keep only the images the samples use."""
     images: dict[int, dict[str, Any]] = {}
-    for img in data["images"]:
-        if img.get("id") in image_ids:
-            entry = dict(img)
-            entry["file_name"] = image_file_name(img, spec.format, spec.images)
-            images[img["id"]] = entry
-    anns_by_image: dict[int, list[dict[str, Any]]] = {i: [] for i in images}
+    anns_by_image: dict[int, list[dict[str, Any]]] = {}
     anns: dict[int, dict[str, Any]] = {}
-    for a in data["annotations"]:
-        if a.get("image_id") in anns_by_image:
-            anns_by_image[a["image_id"]].append(a)
-            anns[a["id"]] = a
+    categories: list[dict[str, Any]] | None = None
+    cat_options = store.options_for(spec.categories) if spec.categories else None
+    for file in source_files(spec, store):
+        data, _ = load_annotation_data(file, spec.categories, store.options_for(file), store.retries, cat_options)
+        categories = list(data["categories"]) if categories is None else categories
+        found = set()
+        for img in data["images"]:
+            if img.get("id") in image_ids:
+                entry = dict(img)
+                entry["file_name"] = image_file_name(img, spec.format, spec.images)
+                images[img["id"]] = entry
+                anns_by_image[img["id"]] = []
+                found.add(img["id"])
+        for a in data["annotations"]:
+            if a.get("image_id") in found:
+                anns_by_image[a["image_id"]].append(a)
+                anns[a["id"]] = a
     return SourceIndex(spec=spec, images=images, anns_by_image=anns_by_image, anns=anns,
-                       categories=list(data["categories"]))
+                       categories=categories or [])
 
 
 def load_samples(output: str, version: int, tasks: list[str] | None, endpoint_url: str | None) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ from pipelines.sources.readers.annotations import (
     FORMATS,
     REASON_CODES,
     image_file_name,
+    load_annotation_data,
     load_annotation_json,
     read_source,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "clean_name",
     "image_file_name",
     "is_record_file",
+    "load_annotation_data",
     "load_annotation_json",
     "read_source",
 ]

@@ -76,6 +76,17 @@ def load_annotation_json(uri: str, storage_options: dict[str, Any] | None = None
     return data
 
 
+def load_annotation_data(uri: str, categories_uri: str | None = None, storage_options: dict[str, Any] | None = None,
+                         retries: int = 5, categories_options: dict[str, Any] | None = None
+                         ) -> tuple[dict[str, Any], str]:
+    """The COCO dict of one annotation file (a JSON file, or a record shard + the categories file)
+    and the uri its categories come from (what category errors name)."""
+    if is_record_file(uri):
+        data = load_record_data(uri, categories_uri, storage_options, retries, categories_options)
+        return data, categories_uri or uri
+    return load_annotation_json(uri, storage_options, retries), uri
+
+
 @dataclass(frozen=True)
 class _Context:
     source: str
@@ -104,12 +115,8 @@ def read_source(
     then goes the same way as a COCO JSON file."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown annotation format {fmt!r}; expected one of: {', '.join(FORMATS)}")
-    if is_record_file(annotations_uri):
-        data = load_record_data(annotations_uri, categories_uri, storage_options, retries, categories_options)
-        cats_uri = categories_uri or annotations_uri  # category errors name the file they are in
-    else:
-        data = load_annotation_json(annotations_uri, storage_options, retries)
-        cats_uri = annotations_uri
+    data, cats_uri = load_annotation_data(annotations_uri, categories_uri, storage_options, retries,
+                                          categories_options)
     cats = parse_categories(data, cats_uri, fmt)
     images = _checked_images(data["images"], annotations_uri)
     by_image, duplicates = _group_annotations(data["annotations"], {img["id"] for img in images})
