@@ -78,7 +78,8 @@ def export(fmt: str, output: str, out_dir: str, *, version: int | None = None, t
         "tasks": list(tasks) if tasks else list(TASKS),
         "samples": len(samples),
         "by_task": count_by(samples, "task"),
-        "sources": {n: {"format": i.spec.format, "annotations": i.spec.annotations, "images": i.spec.images}
+        "sources": {n: {"format": i.spec.format, "annotations": i.spec.annotations, "images": i.spec.images,
+                        **({"categories": i.spec.categories} if i.spec.categories else {})}
                     for n, i in indexes.items()},
         "result": summary,
         "wall_s": round(time.time() - t0, 3),
