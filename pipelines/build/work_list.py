@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+import tempfile
 import uuid
 from typing import Iterable
 
@@ -30,25 +31,31 @@ from schemas.columns import IMAGE_WORK_SCHEMA
 
 def write_work_list(blocks: Iterable[pa.Table], uri: str, store: StorageSpec) -> list[tuple[int, int]]:
     """Each block as one row group of a new Parquet file at `uri`; returns (rows, in-memory bytes)
-    per row group. Written streaming (one block in memory at a time); a local file appears whole
-    (temp file + rename), an S3 object with its upload's completion."""
+    per row group. Written streaming (one block in memory at a time) into a local file: beside the
+    target (renamed into place: it appears whole), or in the machine's temp folder for S3, then
+    uploaded with the store's retries (a flaky store must not fail the build here)."""
     fs, path = storage.fs_and_path(uri, store)
-    target = path if storage.is_s3(uri) else f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+    s3 = storage.is_s3(uri)
+    target = os.path.join(tempfile.gettempdir(), f"groundv-work-{uuid.uuid4().hex}.parquet") if s3 \
+        else f"{path}.{uuid.uuid4().hex[:8]}.tmp"
     sizes: list[tuple[int, int]] = []
     try:
-        if not storage.is_s3(uri):
+        if not s3:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-        with fs.open(target, "wb") as fh, pq.ParquetWriter(fh, IMAGE_WORK_SCHEMA, compression="zstd") as writer:
+        with open(target, "wb") as fh, pq.ParquetWriter(fh, IMAGE_WORK_SCHEMA, compression="zstd") as writer:
             for block in blocks:
                 writer.write_table(block, row_group_size=max(1, block.num_rows))
                 sizes.append((block.num_rows, block.nbytes))
-        if target != path:
+        if s3:
+            storage.with_retries(lambda: fs.put_file(target, path), store, f"write {uri}")
+        else:
             os.replace(target, path)
     except OSError as exc:
-        if target != path and os.path.exists(target):
-            os.remove(target)
         raise StorageError(f"could not write the work list {uri}: {storage.describe(exc)}; the build needs "
                            "write access to its output's cache/ folder") from exc
+    finally:
+        if os.path.exists(target):
+            os.remove(target)
     return sizes
 
 
