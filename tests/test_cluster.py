@@ -18,10 +18,13 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
+from typing import Iterator
 
 import jsonschema
+import pyarrow as pa
 import pytest
 import ray
 import yaml
@@ -194,12 +197,16 @@ def stream_stage_resources(overrides: list[str]) -> list[tuple[str, dict, tuple 
     from teachers.backends import build_teacher
     from teachers.prompts import default_prompts_dir, load_prompts
 
-    cfg = load_config([os.path.join(ROOT, "configs", "cluster_job.yaml")], overrides)
+    # the stream writes its (empty) work list under the output: a local folder, not the job's bucket
+    out = tempfile.mkdtemp(prefix="groundv-resources-")
+    cfg = load_config([os.path.join(ROOT, "configs", "cluster_job.yaml")], [*overrides, f"output.uri={out}"])
     store = StorageSpec(None, 1)
     teacher = build_teacher(cfg.teacher, load_prompts(default_prompts_dir(), list(cfg.tasks)), store, 32)
 
     class EmptyPlan:
-        work = IMAGE_WORK_SCHEMA.empty_table()
+        @staticmethod
+        def iter_blocks(rows_per_block: int) -> Iterator[pa.Table]:
+            yield IMAGE_WORK_SCHEMA.empty_table()
 
     op = build_stream(EmptyPlan, teacher, cfg, store, "resources")._logical_plan.dag
     out = []
