@@ -51,7 +51,9 @@ ray.init(address=os.environ["RAY_ADDRESS"])
 up = ray.cluster_resources().get("CPU", 0)
 
 class EmptyPlan:
-    work = IMAGE_WORK_SCHEMA.empty_table()
+    @staticmethod
+    def iter_blocks(rows_per_block):
+        yield IMAGE_WORK_SCHEMA.empty_table()
 
 # The fused operator's pool as Ray Data gets it, built while only the head (CPU 0) is up.
 teacher = build_teacher(cfg.teacher, load_prompts(default_prompts_dir(), list(cfg.tasks)), StorageSpec(None, 1), 32)
