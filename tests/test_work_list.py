@@ -159,3 +159,18 @@ def test_cached_objects_take_across_row_groups_and_evictions(tmp_path):
     tags = np.array([1, 2, 3])[pick]
     assert [o[0]["ann_id"] for o in got] == (tags * 1000 + rows).tolist()
     assert co.take(np.array([], np.int32), np.array([], np.int32)).to_pylist() == []
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize(("fused", "first"), [(True, "FusedCpuStage"), (False, "ReadImages")])
+def test_the_read_runs_in_the_first_stages_actors(ray_session, sample_dir, tmp_path, capsys, fused, first):
+    """A separate read task needs a CPU slot of its own; on a local Ray the actor pools hold every
+    slot, and the build waited forever (the separate-stages fault test hung). The read asks for
+    what the first stage asks, so Ray fuses it into that stage."""
+    from pipelines.build_groundv import main
+
+    out = tmp_path / "out"
+    assert main([f"data.sample.dir={sample_dir}", f"output.uri={out}", f"stream.fuse_cpu_stages={str(fused).lower()}",
+                 "stream.image_batch_size=4", "data.limit=24"]) == 0
+    stages = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("stages:")]
+    assert stages and f"ReadWorkList->MapBatches({first})" in stages[-1], stages

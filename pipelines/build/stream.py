@@ -102,18 +102,14 @@ def fused_spec(s: StreamConfig) -> StageSpec:
 def build_stream(plan: Plan, teacher: Teacher, cfg: GroundVConfig, store: StorageSpec,
                  build_id: str) -> ray.data.Dataset:
     s = cfg.stream
-    # The work list goes to storage block by block and each worker reads its block (work_list.py):
-    # image records never pass through the driver's object store. A block is one batch of the image
-    # stages (batch_size None), so the records of one image that the plan put together stay
-    # together, and the teacher sends their identical requests once (teachers/requests.py).
-    uri = work_list_uri(cfg.output.uri, build_id)
-    sizes = write_work_list(plan.iter_blocks(s.image_batch_size), uri, store)
-    ds = ray.data.read_datasource(WorkListDatasource(uri, store, sizes), override_num_blocks=len(sizes))
-    if teacher.cpu_stage() is not None and s.fuse_cpu_stages:
-        return fused_spec(s).apply(ds, store, teacher, s, cfg.teacher, cfg.filters, cfg.output.uri, build_id)
+    fused = teacher.cpu_stage() is not None and s.fuse_cpu_stages
     ceiling = cpu_ceiling()
+    first = fused_spec(s) if fused else stage(ReadImages, None, ceiling=ceiling)
+    ds = read_work_list(plan, cfg, store, build_id, first)
+    if fused:
+        return first.apply(ds, store, teacher, s, cfg.teacher, cfg.filters, cfg.output.uri, build_id)
     # Read bytes once per image (I/O bound), then decode/resize and fan out to units.
-    ds = stage(ReadImages, None, ceiling=ceiling).apply(ds, store)
+    ds = first.apply(ds, store)
     ds = stage(DecodeAndFanOut, None, ceiling=ceiling).apply(
         ds, teacher.needs_image, cfg.teacher.max_pixels, s.max_image_pixels, grid_factor(cfg.teacher),
         cfg.teacher.min_pixels)
@@ -121,6 +117,21 @@ def build_stream(plan: Plan, teacher: Teacher, cfg: GroundVConfig, store: Storag
     # through the teacher stage untouched, by the Teacher contract (teachers/base.py).
     units = teacher.attach(ds)
     return _check_and_write(units, cfg, store, build_id, teacher.label())
+
+
+def read_work_list(plan: Plan, cfg: GroundVConfig, store: StorageSpec, build_id: str,
+                   first: StageSpec) -> ray.data.Dataset:
+    """The plan's work list written to storage block by block, read back by the workers
+    (work_list.py): image records never pass through the driver's object store. A block is one
+    batch of the image stages (batch_size None), so the records of one image that the plan put
+    together stay together, and the teacher sends their identical requests once
+    (teachers/requests.py). The read asks for what the first stage asks, so Ray fuses it into
+    that stage's actors: a separate read task would need a CPU slot of its own, and on a local Ray
+    the actor pools hold every slot (the build would wait forever)."""
+    uri = work_list_uri(cfg.output.uri, build_id)
+    sizes = write_work_list(plan.iter_blocks(cfg.stream.image_batch_size), uri, store)
+    return ray.data.read_datasource(WorkListDatasource(uri, store, sizes), override_num_blocks=len(sizes),
+                                    ray_remote_args=first.remote_args())
 
 
 def _check_and_write(ds: ray.data.Dataset, cfg: GroundVConfig, store: StorageSpec, build_id: str,

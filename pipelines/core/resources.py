@@ -42,15 +42,20 @@ class StageSpec:
     min_actors: int
     max_actors: int
 
-    def apply(self, ds: Any, *constructor_args: Any) -> Any:
-        import ray.data
-
+    def remote_args(self) -> dict[str, Any]:
+        """The per-actor request as Ray remote args (what `apply` passes to map_batches)."""
         kwargs: dict[str, Any] = {"num_cpus": self.resources.num_cpus}
         if self.resources.num_gpus:
             kwargs["num_gpus"] = self.resources.num_gpus
+        return kwargs
+
+    def apply(self, ds: Any, *constructor_args: Any) -> Any:
+        import ray.data
+
         return ds.map_batches(
             self.fn, fn_constructor_args=constructor_args, batch_size=self.batch_size, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(min_size=self.min_actors, max_size=self.max_actors), **kwargs,
+            compute=ray.data.ActorPoolStrategy(min_size=self.min_actors, max_size=self.max_actors),
+            **self.remote_args(),
         )
 
 
