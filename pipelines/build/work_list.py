@@ -50,9 +50,10 @@ def write_work_list(blocks: Iterable[pa.Table], uri: str, store: StorageSpec) ->
             storage.with_retries(lambda: fs.put_file(target, path), store, f"write {uri}")
         else:
             os.replace(target, path)
-    except OSError as exc:
-        raise StorageError(f"could not write the work list {uri}: {storage.describe(exc)}; the build needs "
-                           "write access to its output's cache/ folder") from exc
+    except StorageError:
+        raise  # the store's own message (S3 upload after its retries)
+    except OSError as exc:  # the local file: disk full, read-only, permissions (fs.py says which and what to do)
+        raise storage.local_write_error(uri if not s3 else target, exc) from exc
     finally:
         if os.path.exists(target):
             os.remove(target)

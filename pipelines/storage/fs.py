@@ -223,7 +223,7 @@ def list_files(prefix: str, storage: StorageSpec) -> dict[str, dict[str, Any]]:
     return {proto + p: info for p, info in found.items() if info.get("type", "file") == "file"}
 
 
-def _local_write_error(uri: str, exc: OSError) -> StorageError:
+def local_write_error(uri: str, exc: OSError) -> StorageError:
     why = exc.strerror or describe(exc)
     hint = {
         errno.ENOSPC: "free some space or choose another output.uri",
@@ -251,7 +251,7 @@ def write_bytes(uri: str, data: bytes, storage: StorageSpec) -> None:
     try:
         _local_atomic_write(uri, data, replace=True)
     except OSError as exc:
-        raise _local_write_error(uri, exc) from exc
+        raise local_write_error(uri, exc) from exc
 
 
 def _process_umask() -> int:
@@ -319,7 +319,7 @@ def create_if_absent(uri: str, data: bytes, storage: StorageSpec) -> bool:
     try:
         return _local_atomic_write(uri, data, replace=False)
     except OSError as exc:
-        raise _local_write_error(uri, exc) from exc
+        raise local_write_error(uri, exc) from exc
 
 
 def _s3_create_if_absent(uri: str, data: bytes, storage: StorageSpec) -> bool:
