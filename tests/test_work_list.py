@@ -33,6 +33,8 @@ def test_blocks_built_one_by_one_are_the_plans_blocks(tmp_path, n):
     # the sample's COCO, LVIS and PACO records share images: some block holds two records of one image
     idents = [[u["image_identity"] for u in r["units"]][0] for b in got for r in b.to_pylist()]
     assert len(idents) == p.work.num_rows and len(set(idents)) < len(idents)
+    # the export's image slices (same grouping helper) are `work` cut in order
+    assert pa.concat_tables(p.iter_work(n)).equals(p.work)
 
 
 @pytest.mark.unit

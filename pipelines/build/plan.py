@@ -114,15 +114,20 @@ class Plan:
         never copies the images)."""
         return _work(self, self.gen)
 
-    def iter_work(self, images_per_slice: int) -> Iterator[pa.Table]:
-        """`work` in slices of at most `images_per_slice` images, never all of it at once."""
+    def _gen_by_image(self) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]:
+        """`gen` sorted by (image row, task), its distinct image rows, and where each one's units
+        start and end in it."""
         gen = self.gen.take(pc.sort_indices(self.gen, [("idx", "ascending"), ("task_rank", "ascending")]))
         idx = gen.column("idx").to_numpy()
         uniq, starts = np.unique(idx, return_index=True)
+        return gen, uniq, starts, np.append(starts[1:], len(idx)).astype(starts.dtype)
+
+    def iter_work(self, images_per_slice: int) -> Iterator[pa.Table]:
+        """`work` in slices of at most `images_per_slice` images, never all of it at once."""
+        gen, uniq, starts, ends = self._gen_by_image()
         step = max(1, images_per_slice)
         for i in range(0, len(uniq), step):
-            lo = starts[i]
-            hi = starts[i + step] if i + step < len(uniq) else len(idx)
+            lo, hi = starts[i], ends[min(i + step, len(uniq)) - 1]
             yield _work(self, gen.slice(lo, hi - lo))
 
     def iter_blocks(self, rows_per_block: int) -> Iterator[pa.Table]:
@@ -132,10 +137,7 @@ class Plan:
         if not self.gen.num_rows:
             yield IMAGE_WORK_SCHEMA.empty_table()
             return
-        gen = self.gen.take(pc.sort_indices(self.gen, [("idx", "ascending"), ("task_rank", "ascending")]))
-        idx = gen.column("idx").to_numpy()
-        uniq, starts = np.unique(idx, return_index=True)
-        ends = np.append(starts[1:], len(idx))
+        gen, uniq, starts, ends = self._gen_by_image()
         idents = self.identities.take(pa.array(uniq)).to_pylist()  # what the units' image_identity is
         for block in block_rows(idents, rows_per_block):
             pos = np.asarray(block, dtype=np.int64)
